@@ -1,0 +1,244 @@
+"""Typed, strict settings: the model repository and the application's limits.
+
+Every model is ``extra="forbid"``: a misspelled key is an error at start-up that names the file and
+the key, never a silent default (Ray Serve's own config silently drops unknown keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassSpec(Strict):
+    id: int = Field(ge=0, le=65535)
+    name: str
+    color: tuple[int, int, int]
+    """RGB colour used in overlays and documented in ``GET /v1/models/{model}``."""
+    isthing: bool = False
+    """Panoptic only: countable objects get instance ids; stuff classes do not."""
+
+    @field_validator("color")
+    @classmethod
+    def _color_in_range(cls, color: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(0 <= c <= 255 for c in color):
+            raise ValueError(f"colour components must be 0..255, got {color}")
+        return color
+
+
+class InputPolicy(Strict):
+    """How the codec turns an arbitrary image into the model's input, and back."""
+
+    mode: Literal["letterbox", "resize", "pad"] = "letterbox"
+    """letterbox: scale the longer side to ``size`` keeping the aspect ratio, then pad to a multiple of
+    ``size_divisor``; resize: stretch to ``size`` x ``size``; pad: keep the pixels, pad only."""
+    size: int = Field(128, ge=16, le=8192)
+    size_divisor: int = Field(16, ge=1)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class BatchingSpec(Strict):
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=1.0)
+    """0 forms a batch from what queued while the previous batch ran, without waiting for more."""
+    max_batch_pixels: int = Field(8 * 1024 * 1024, ge=1)
+    """Pixel budget of one batch (sum of H*W of its inputs): bounds device memory per batch."""
+    max_concurrent_batches: int = Field(1, ge=1, le=16)
+
+
+class AutoscalingSpec(Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+
+class DeploymentSpec(Strict):
+    """Ray Serve resources for one model's segmenter deployment."""
+
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingSpec | None = None
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    torch_threads: int = Field(0, ge=0)
+    """Intra-op threads per replica; 0 = as many as the replica's ``num_cpus`` (at least 1)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """auto: fp16 autocast on CUDA, fp32 on CPU."""
+    max_ongoing_requests: int = Field(32, ge=1)
+    max_queued_requests: int = Field(-1, ge=-1)
+
+
+class PanopticSpec(Strict):
+    """Panoptic-DeepLab post-processing (defaults as published, stuff area scaled to our images)."""
+
+    center_threshold: float = 0.1
+    nms_kernel: int = Field(7, ge=1)
+    top_k: int = Field(200, ge=1)
+    stuff_area: int = Field(64, ge=0)
+    label_divisor: int = Field(1000, ge=1)
+
+
+class ModelSpec(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    task: Literal["semantic", "panoptic"]
+    architecture: Literal["unet", "panoptic_unet", "null"]
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the architecture's builder (checked when the model is built)."""
+    weights: str | None = None
+    """safetensors file, relative to the model repository root; None only for the null model."""
+    version: str = "1"
+    description: str = ""
+    classes: list[ClassSpec]
+    input: InputPolicy = InputPolicy()
+    batching: BatchingSpec = BatchingSpec()
+    deployment: DeploymentSpec = DeploymentSpec()
+    panoptic: PanopticSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        ids = [c.id for c in self.classes]
+        if sorted(ids) != list(range(len(ids))):
+            raise ValueError(f"class ids must be 0..{len(ids) - 1} without gaps, got {ids}")
+        if self.weights is not None and not self.weights.endswith(".safetensors"):
+            raise ValueError(f"weights must be a .safetensors file, got {self.weights!r}")
+        if self.weights is None and self.architecture != "null":
+            raise ValueError("weights is required")
+        if self.task == "panoptic" and self.panoptic is None:
+            raise ValueError("a panoptic model needs a 'panoptic' section")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def thing_ids(self) -> tuple[int, ...]:
+        return tuple(c.id for c in self.classes if c.isthing)
+
+
+class Repository(Strict):
+    models: list[ModelSpec]
+    root: Path = Field(exclude=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Repository:
+        names = [m.name for m in self.models]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate model names: {sorted(dupes)}")
+        return self
+
+    def get(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def weights_path(self, spec: ModelSpec) -> Path:
+        """The weights file, refused when the configured path escapes the repository root."""
+        if spec.weights is None:
+            raise ValueError(f"model {spec.name!r} has no weights")
+        root = self.root.resolve()
+        path = (root / spec.weights).resolve()
+        if not path.is_relative_to(root):
+            raise ConfigError(f"model {spec.name!r}: weights path {spec.weights!r} escapes {root}")
+        return path
+
+
+class ConfigError(ValueError):
+    """A configuration file is invalid; the message names the file and the offending key."""
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key (check the spelling)")
+        else:
+            lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_repository(path: str | Path) -> Repository:
+    """Read and strictly validate ``repository.yaml``; weights paths are relative to its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'models' list")
+    try:
+        repo = Repository.model_validate({**raw, "root": path.parent})
+    except ValidationError as e:
+        raise ConfigError(_describe(e, str(path))) from None
+    for spec in repo.models:
+        if spec.weights is not None:
+            repo.weights_path(spec)  # path escape is a start-up error too
+    return repo
+
+
+class Limits(Strict):
+    """Request limits enforced by the ingress and the codec (documented in docs/operations.md)."""
+
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    """Checked from the header before decoding, so a small file declaring a huge size is refused."""
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class CodecSpec(Strict):
+    num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingSpec | None = None
+    num_cpus: float = Field(0.5, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+
+
+class IngressSpec(Strict):
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+    max_queued_requests: int = Field(-1, ge=-1)
+
+
+class AppSettings(Strict):
+    """The ``args`` of ``service.app:build_app`` (``deploy/serve_config.yaml``)."""
+
+    repository: str = "models/repository.yaml"
+    models: list[str] | None = None
+    """Serve only these models from the repository (default: all)."""
+    limits: Limits = Limits()
+    codec: CodecSpec = CodecSpec()
+    ingress: IngressSpec = IngressSpec()
+    api_keys_env: str | None = None
+    """Name of an env var holding comma-separated API keys; unset = no authentication."""
+    api_keys_file: str | None = None
+    """A mounted file with one API key per line (e.g. a Kubernetes Secret)."""
+
+
+def parse_app_settings(args: dict[str, Any] | None) -> AppSettings:
+    try:
+        return AppSettings.model_validate(args or {})
+    except ValidationError as e:
+        raise ConfigError(_describe(e, "application args")) from None
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file: the weights version label in metrics and model metadata."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]

@@ -1,0 +1,1 @@
+"""Network definitions (one builder per architecture) and loading from the model repository."""

@@ -1,0 +1,1 @@
+"""Synthetic data, training and evaluation of the demo models."""
