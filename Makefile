@@ -37,3 +37,7 @@ evaluate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Regenerate service/generated/ from protos/ (committed; tests/unit/test_generated.py checks freshness).
+proto: $(STAMP)
+	$(BIN)/python -m service.tools.protogen

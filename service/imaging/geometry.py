@@ -77,7 +77,9 @@ def restore_labels(logits: torch.Tensor, geometry: Geometry, rows_per_chunk: int
     if geometry.scaled == geometry.original:
         return crop.argmax(0)
     if h <= rows_per_chunk:
-        return F.interpolate(crop[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
+        return F.interpolate(crop[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0].argmax(
+            0
+        )
     sh = geometry.scaled[0]
     scale = sh / h
     labels = torch.empty((h, w), dtype=torch.int64, device=logits.device)
@@ -95,7 +97,7 @@ def _interpolate_rows(
     crop: torch.Tensor, src_top: int, src_bottom: int, top: int, bottom: int, h: int, w: int
 ) -> torch.Tensor:
     """Bilinear (align_corners=False) output rows [top, bottom) of resizing ``crop`` to (h, w)."""
-    sh, sw = crop.shape[-2:]
+    sh, _sw = crop.shape[-2:]
     ys = (torch.arange(top, bottom, device=crop.device, dtype=torch.float32) + 0.5) * (sh / h) - 0.5
     ys = ys.clamp(min=0)
     y0 = ys.floor().long().clamp(max=sh - 1)
@@ -104,7 +106,10 @@ def _interpolate_rows(
     rows = crop.float()
     # Resize columns first on the needed source rows only, then blend rows.
     part = F.interpolate(
-        rows[None, :, src_top:src_bottom], size=(src_bottom - src_top, w), mode="bilinear", align_corners=False
+        rows[None, :, src_top:src_bottom],
+        size=(src_bottom - src_top, w),
+        mode="bilinear",
+        align_corners=False,
     )[0]
     a = part[:, y0 - src_top]
     b = part[:, y1 - src_top]

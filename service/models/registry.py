@@ -33,7 +33,7 @@ def register_builder(architecture: str, builder: Callable[..., nn.Module]) -> No
 def build_model(spec: ModelSpec) -> nn.Module:
     """The network for ``spec`` with random weights (``num_classes`` comes from the class list)."""
     if spec.architecture == "panoptic_unet" and "panoptic_unet" not in BUILDERS:
-        from service.models.panoptic import build_panoptic_unet  # noqa: PLC0415 - optional module
+        from service.models.panoptic import build_panoptic_unet
 
         BUILDERS["panoptic_unet"] = build_panoptic_unet
     try:

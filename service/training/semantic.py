@@ -64,10 +64,14 @@ def training_batch(step: int, config: TrainConfig, spec: ModelSpec, shapes: Shap
     rng = np.random.default_rng([config.seed, step])
     h, w = DEFAULT_SIZES[rng.integers(len(DEFAULT_SIZES))]
     cut = int(rng.integers(1, spec.input.size_divisor)) if step % 3 == 0 else 0
-    seeds = range(TRAIN_SEED_BASE + step * config.batch_size, TRAIN_SEED_BASE + (step + 1) * config.batch_size)
+    seeds = range(
+        TRAIN_SEED_BASE + step * config.batch_size, TRAIN_SEED_BASE + (step + 1) * config.batch_size
+    )
     images, labels, _ = make_batch(seeds, (h, w - cut), shapes)
     if cut:
-        images = np.concatenate([images, np.broadcast_to(np.array(pad_value(spec.input), np.uint8), (len(seeds), h, cut, 3))], 2)
+        images = np.concatenate(
+            [images, np.broadcast_to(np.array(pad_value(spec.input), np.uint8), (len(seeds), h, cut, 3))], 2
+        )
         labels = np.concatenate([labels, np.full((len(seeds), h, cut), IGNORE_INDEX, np.uint8)], 2)
     return torch.from_numpy(images), torch.from_numpy(labels).long()
 
@@ -81,7 +85,9 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray, spec: ModelSpec) -
     return restore_labels(logits, geometry)
 
 
-def evaluate(model: torch.nn.Module, spec: ModelSpec, seeds, sizes=HELD_OUT_SIZES, progress=False) -> IoUReport:
+def evaluate(
+    model: torch.nn.Module, spec: ModelSpec, seeds, sizes=HELD_OUT_SIZES, progress=False
+) -> IoUReport:
     """mIoU and per-class IoU on shapes samples of the given seeds, cycling through ``sizes``."""
     model.eval()
     metric = DatasetIoU([c.name for c in spec.classes])
@@ -153,6 +159,8 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
     model.eval()
     save_weights(model, weights_out, metadata={"model": spec.name, "steps": str(config.steps)})
     (weights_out.parent / "training.json").write_text(
-        json.dumps({"config": asdict(config), "history": history, "seconds": time.monotonic() - started}, indent=1)
+        json.dumps(
+            {"config": asdict(config), "history": history, "seconds": time.monotonic() - started}, indent=1
+        )
     )
     return evaluate(model, spec, VALIDATION_SEEDS)

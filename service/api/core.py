@@ -1,0 +1,142 @@
+"""The protocol-agnostic core that both the HTTP routes and the gRPC methods call.
+
+It validates, routes by model name, enforces the deadline and chains the handle calls
+codec.prepare -> segmenter.segment -> codec.encode, so decoded pixels go from replica to replica
+through Ray's object store and never through the ingress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from service.config import AppSettings, ModelSpec, Repository, file_digest
+from service.errors import DeadlineExceeded, ModelNotFound, PayloadTooLarge, Unauthenticated, Unavailable
+from service.types import SegmentOptions, SegmentResult
+
+
+def new_request_id(given: str | None = None) -> str:
+    """The caller's id when it is sane (printable, <= 128 chars), else a fresh one."""
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def load_api_keys(settings: AppSettings) -> tuple[bytes, ...]:
+    keys: list[str] = []
+    if settings.api_keys_env:
+        keys += os.environ.get(settings.api_keys_env, "").split(",")
+    if settings.api_keys_file:
+        keys += Path(settings.api_keys_file).read_text().splitlines()
+    return tuple(k.strip().encode() for k in keys if k.strip())
+
+
+def model_info(spec: ModelSpec, digest: str | None) -> dict[str, Any]:
+    """What ``GET /v1/models/{model}`` and gRPC ``GetModel`` describe."""
+    return {
+        "name": spec.name,
+        "task": spec.task,
+        "version": spec.version,
+        "weights_digest": digest or "",
+        "description": spec.description.strip(),
+        "architecture": spec.architecture,
+        "classes": [
+            {"id": c.id, "name": c.name, "color": list(c.color), "isthing": c.isthing} for c in spec.classes
+        ],
+        "input": {
+            "mode": spec.input.mode,
+            "size": spec.input.size,
+            "size_divisor": spec.input.size_divisor,
+            "mean": list(spec.input.mean),
+            "std": list(spec.input.std),
+        },
+        "max_batch_size": spec.batching.max_batch_size,
+    }
+
+
+class SegmentationCore:
+    def __init__(self, repository: Repository, settings: AppSettings, codec, segmenters: dict) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.codec = codec
+        self.segmenters = segmenters
+        self.api_keys = load_api_keys(settings)
+        self.digests = {
+            spec.name: file_digest(repository.weights_path(spec)) if spec.weights else None
+            for spec in repository.models
+            if spec.name in segmenters
+        }
+
+    # --- metadata ---------------------------------------------------------------------------------
+
+    def spec(self, name: str) -> ModelSpec:
+        spec = self.repository.get(name)
+        if spec is None or name not in self.segmenters:
+            raise ModelNotFound(name, sorted(self.segmenters))
+        return spec
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [model_info(self.spec(n), self.digests.get(n)) for n in sorted(self.segmenters)]
+
+    def get_model(self, name: str) -> dict[str, Any]:
+        return model_info(self.spec(name), self.digests.get(name))
+
+    # --- auth ---------------------------------------------------------------------------------------
+
+    def authenticate(self, key: str | None) -> None:
+        """No keys configured: open. Otherwise the key must match one, compared in constant time."""
+        if not self.api_keys:
+            return
+        given = (key or "").encode()
+        # Compare against every key (no early exit) so timing says nothing about which matched.
+        matched = [hmac.compare_digest(given, k) for k in self.api_keys]
+        if not any(matched):
+            raise Unauthenticated("missing or invalid API key")
+
+    # --- segmentation -------------------------------------------------------------------------------
+
+    def check_body(self, body: bytes) -> None:
+        limit = self.settings.limits.max_body_bytes
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body of {len(body)} bytes is over the limit of {limit} bytes")
+
+    def deadline(self, timeout_s: float | None) -> float:
+        """Absolute deadline: the caller's timeout, capped by the configured request timeout."""
+        limit = self.settings.limits.request_timeout_s
+        return time.time() + (min(timeout_s, limit) if timeout_s else limit)
+
+    async def segment(self, body: bytes, content_type: str | None, options: SegmentOptions) -> SegmentResult:
+        self.spec(options.model)
+        self.check_body(body)
+        started = time.perf_counter()
+        prepared = self.codec.prepare.remote(body, content_type, options)
+        segmented = self.segmenters[options.model].segment.remote(prepared)
+        encoded = self.codec.encode.remote(segmented)
+        remaining = (options.deadline or self.deadline(None)) - time.time()
+        try:
+            result = await asyncio.wait_for(_await(encoded), timeout=max(remaining, 0.001))
+        except TimeoutError:
+            for response in (prepared, segmented, encoded):
+                response.cancel()  # downstream replicas drop the work instead of finishing it
+            raise DeadlineExceeded("the request did not finish within its deadline") from None
+        result.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        return result
+
+    async def ready(self) -> dict[str, Any]:
+        """Every model answers from a loaded, warmed replica within a short time."""
+        try:
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(_await(h.ready.remote()) for h in self.segmenters.values())), timeout=5
+            )
+        except Exception as e:
+            raise Unavailable(f"not ready: {type(e).__name__}") from None
+        return {"status": "ready", "models": answers}
+
+
+async def _await(response):
+    return await response

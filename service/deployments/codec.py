@@ -1,0 +1,31 @@
+"""ImageCodec: the CPU stage before and after the model (decode/resize, then encode the answer)."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from service.config import Limits, Repository
+from service.errors import ModelNotFound
+from service.pipeline import encode_result, prepare_image
+from service.types import PreparedImage, Segmentation, SegmentOptions, SegmentResult
+
+
+@serve.deployment(name="ImageCodec")
+class ImageCodec:
+    def __init__(self, repository: Repository, limits: Limits) -> None:
+        self.repository = repository
+        self.limits = limits
+
+    def _spec(self, model: str):
+        spec = self.repository.get(model)
+        if spec is None:
+            raise ModelNotFound(model, self.repository.names())
+        return spec
+
+    # Sync methods: Ray Serve 2.60 runs them in a thread pool, so decoding several images overlaps
+    # (Pillow and numpy release the GIL) and the replica's event loop stays free.
+    def prepare(self, body: bytes, content_type: str | None, options: SegmentOptions) -> PreparedImage:
+        return prepare_image(body, content_type, options, self._spec(options.model), self.limits)
+
+    def encode(self, segmentation: Segmentation) -> SegmentResult:
+        return encode_result(segmentation, self._spec(segmentation.options.model))

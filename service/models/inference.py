@@ -1,0 +1,166 @@
+"""Batched inference for one model on one device: the tensor work a segmenter replica does.
+
+No Ray here: the ``Segmenter`` deployment wraps ``Runner.run`` in ``@serve.batch``. A batch of
+prepared images is grouped by input shape and split by a pixel budget; each group is normalized on
+the device, run through the network (fp16/bf16 autocast and channels_last on CUDA) and brought back
+to each image's original geometry before the argmax. Stage timings synchronize the device so GPU
+numbers are honest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.config import DeploymentSpec, ModelSpec
+from service.imaging.geometry import restore_labels
+from service.models.registry import to_model_input
+from service.types import PreparedImage, Segmentation
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def select_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def configure_threads(deployment: DeploymentSpec) -> int:
+    """Torch intra-op threads for this process (Ray sets OMP_NUM_THREADS=1 in replicas)."""
+    threads = deployment.torch_threads or max(1, int(deployment.num_cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
+@dataclass
+class GroupOutput:
+    """Per-item outputs of one forward: label maps plus optional extras (panoptic)."""
+
+    labels: list[np.ndarray]
+    extras: list[dict]
+
+
+class Runner:
+    """Holds a network on its device and segments groups of prepared images."""
+
+    def __init__(self, spec: ModelSpec, model: nn.Module, device: torch.device | None = None) -> None:
+        self.spec = spec
+        self.device = device or select_device(spec.deployment.device)
+        self.autocast_dtype = select_dtype(self.device, spec.deployment.precision)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.label_dtype = np.uint8 if spec.num_classes <= 256 else np.uint16
+        self.postprocess: Callable[[torch.Tensor | dict, list[PreparedImage]], GroupOutput] = self._semantic
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, items: Sequence[PreparedImage]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack([item.pixels for item in items]))
+        if self.device.type == "cuda":
+            # Pinned host memory lets the copy overlap with work already queued on the GPU.
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        x = to_model_input(batch, self.spec.input.mean, self.spec.input.std)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _semantic(self, logits: torch.Tensor, items: list[PreparedImage]) -> GroupOutput:
+        labels = [
+            restore_labels(logits[i].float(), item.geometry).to("cpu").numpy().astype(self.label_dtype)
+            for i, item in enumerate(items)
+        ]
+        return GroupOutput(labels, [{} for _ in items])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict:
+        with torch.inference_mode(), self._autocast():
+            return self.model(x)
+
+    def run(self, items: list[PreparedImage], queued_at: list[float]) -> list[Segmentation]:
+        """Segment a batch; results come back in the order of ``items``."""
+        started = time.perf_counter()
+        results: list[Segmentation | None] = [None] * len(items)
+        for group in self.groups(items):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                x = self._to_device([items[i] for i in group])
+                out = self.forward(x)
+                self._sync()
+                t1 = time.perf_counter()
+                output = self.postprocess(out, [items[i] for i in group])
+                self._sync()
+            t2 = time.perf_counter()
+            for k, i in enumerate(group):
+                item = items[i]
+                timings = {
+                    **item.timings_ms,
+                    "queue": (started - queued_at[i]) * 1000,
+                    "forward": (t1 - t0) * 1000,
+                    "postprocess": (t2 - t1) * 1000,
+                }
+                extras = output.extras[k]
+                results[i] = Segmentation(
+                    labels=output.labels[k],
+                    options=item.options,
+                    original=item.original,
+                    timings_ms=timings,
+                    batch_size=len(group),
+                    panoptic=extras.get("panoptic"),
+                    segments=extras.get("segments", []),
+                )
+        return results  # type: ignore[return-value]
+
+    def groups(self, items: Sequence[PreparedImage]) -> Iterator[list[int]]:
+        """Indices grouped by input shape, each group within max_batch_size and the pixel budget."""
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            by_shape[item.pixels.shape].append(i)
+        budget = self.spec.batching.max_batch_pixels
+        limit = self.spec.batching.max_batch_size
+        for shape, indices in by_shape.items():
+            per_batch = max(1, min(limit, budget // max(1, shape[0] * shape[1])))
+            for start in range(0, len(indices), per_batch):
+                yield indices[start : start + per_batch]
+
+    def warm_up(self) -> None:
+        """One forward at the input size, so the first request does not pay for lazy initialisation."""
+        size = self.spec.input.size
+        d = self.spec.input.size_divisor
+        side = -(-size // d) * d
+        x = torch.zeros((1, 3, side, side), device=self.device)
+        self.forward(x)
+        self._sync()
+
+    def memory_bytes(self) -> tuple[int, int]:
+        """(in use, peak) bytes of device memory; process RSS on the CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device), torch.cuda.max_memory_allocated(self.device)
+        import resource
+
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return rss, peak

@@ -1,0 +1,100 @@
+"""The codec's two steps as pure functions: bytes -> model input, and segmentation -> encoded answer.
+
+``deployments/codec.py`` wraps these in Ray Serve; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from service.config import Limits, ModelSpec
+from service.imaging.decode import check_content_type, decode_image
+from service.imaging.encode import (
+    class_pixel_counts,
+    encode_class_polygons,
+    encode_class_rles,
+    encode_label_png,
+    encode_rgb_png,
+)
+from service.imaging.geometry import fit_to_policy
+from service.imaging.overlay import blend_overlay, instance_colors, palette
+from service.types import ClassPresence, PreparedImage, Segmentation, SegmentOptions, SegmentResult
+
+
+def prepare_image(
+    body: bytes, content_type: str | None, options: SegmentOptions, spec: ModelSpec, limits: Limits
+) -> PreparedImage:
+    """Decode, orient, convert to RGB and fit to the model's input policy."""
+    t0 = time.perf_counter()
+    check_content_type(content_type)
+    image = decode_image(body, max_pixels=limits.max_image_pixels)
+    t1 = time.perf_counter()
+    pixels, geometry = fit_to_policy(image, spec.input)
+    t2 = time.perf_counter()
+    return PreparedImage(
+        pixels=pixels,
+        geometry=geometry,
+        options=options,
+        original=image if options.overlay else None,
+        timings_ms={"decode": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000},
+    )
+
+
+def encode_result(segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:
+    """Encode the label map (and panoptic segments) as the caller asked."""
+    t0 = time.perf_counter()
+    options = segmentation.options
+    labels = segmentation.labels
+    height, width = labels.shape
+    names = {c.id: c.name for c in spec.classes}
+    counts = class_pixel_counts(labels, spec.num_classes)
+    result = SegmentResult(
+        model=spec.name,
+        task=spec.task,
+        width=width,
+        height=height,
+        classes=[ClassPresence(i, names.get(i, str(i)), n) for i, n in sorted(counts.items())],
+        mask_format=options.format,
+        batch_size=segmentation.batch_size,
+        request_id=options.request_id,
+        mask_dtype=str(labels.dtype),
+    )
+    panoptic = segmentation.panoptic
+    if panoptic is not None:
+        result.segments = segmentation.segments
+    # The mask payload: the semantic label map, or for panoptic models the COCO id PNG.
+    if options.format == "png":
+        result.mask_png = encode_label_png(labels) if panoptic is None else _panoptic_png(panoptic)
+    elif options.format == "raw":
+        result.mask_raw = np.ascontiguousarray(labels).tobytes()
+    elif options.format == "rle":
+        result.rle = encode_class_rles(labels, counts.keys())
+    elif options.format == "polygons":
+        result.polygons = encode_class_polygons(labels, counts.keys())
+    elif options.format == "coco_panoptic":
+        result.mask_png = _panoptic_png(panoptic) if panoptic is not None else encode_label_png(labels)
+    if options.overlay and segmentation.original is not None:
+        if panoptic is not None:
+            blended = _blend_instances(segmentation.original, panoptic, instance_colors(panoptic))
+        else:
+            blended = blend_overlay(segmentation.original, labels, palette([c.color for c in spec.classes]))
+        result.overlay_png = encode_rgb_png(blended)
+    result.timings_ms = {**segmentation.timings_ms, "encode": (time.perf_counter() - t0) * 1000}
+    return result
+
+
+def _panoptic_png(panoptic: np.ndarray) -> bytes:
+    from service.imaging.panoptic_format import encode_panoptic_png
+
+    return encode_panoptic_png(panoptic)
+
+
+def _blend_instances(
+    image: np.ndarray, ids: np.ndarray, colors: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
+    out = image.astype(np.float32)
+    mask = ids > 0
+    out[mask] = out[mask] * (1 - alpha) + colors[mask] * alpha
+    return out.astype(np.uint8)

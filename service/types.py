@@ -1,0 +1,92 @@
+"""What crosses between the deployments and out of the service, independent of the protocol.
+
+These are plain dataclasses of numpy arrays and numbers: Ray moves them between replicas (arrays
+through the object store), and ``api/http.py`` and ``api/grpc.py`` turn them into JSON or protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service.errors import InvalidArgument
+from service.imaging.geometry import Geometry
+
+MaskFormat = Literal["png", "rle", "polygons", "coco_panoptic", "raw"]
+MASK_FORMATS: tuple[str, ...] = ("png", "rle", "polygons", "coco_panoptic", "raw")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What the caller asked for; travels with the request through every deployment."""
+
+    model: str
+    format: MaskFormat = "png"
+    overlay: bool = False
+    request_id: str = ""
+    deadline: float | None = None
+    """Absolute ``time.time()`` by which the answer must be ready (None = no deadline)."""
+    protocol: Literal["http", "grpc"] = "http"
+
+    def __post_init__(self) -> None:
+        if self.format not in MASK_FORMATS:
+            raise InvalidArgument(f"unknown format {self.format!r}; use one of {', '.join(MASK_FORMATS)}")
+
+
+@dataclass
+class PreparedImage:
+    """The codec's output: the model input and what is needed to undo the geometry."""
+
+    pixels: np.ndarray  # uint8 [Hp, Wp, 3], the model input after resize and pad
+    geometry: Geometry
+    options: SegmentOptions
+    original: np.ndarray | None = None  # uint8 [H, W, 3], kept only when an overlay is asked for
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Segmentation:
+    """The segmenter's output at the original resolution.
+
+    Semantic: ``labels`` uint8/uint16 [H, W] class ids. Panoptic: ``labels`` is the semantic map and
+    ``panoptic`` int32 [H, W] segment ids (0 = void) with ``segments`` describing each id.
+    """
+
+    labels: np.ndarray
+    options: SegmentOptions
+    original: np.ndarray | None
+    timings_ms: dict[str, float]
+    batch_size: int
+    panoptic: np.ndarray | None = None
+    segments: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ClassPresence:
+    id: int
+    name: str
+    pixels: int
+
+
+@dataclass
+class SegmentResult:
+    """The encoded answer, ready for a protocol adapter."""
+
+    model: str
+    task: str
+    width: int
+    height: int
+    classes: list[ClassPresence]
+    mask_format: str
+    mask_png: bytes | None = None
+    mask_raw: bytes | None = None
+    mask_dtype: str = "uint8"
+    rle: list[dict] | None = None
+    polygons: list[dict] | None = None
+    segments: list[dict] | None = None
+    overlay_png: bytes | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 1
+    request_id: str = ""
