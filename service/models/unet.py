@@ -103,7 +103,9 @@ def build_unet(
     return UNet(num_classes, in_channels, depth, base_width, bilinear)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, value: float = 0.0
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad the bottom and right of [..., H, W] up to multiples; returns the tensor and (H, W)."""
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple

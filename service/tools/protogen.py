@@ -19,6 +19,7 @@ PACKAGE = "service/generated"
 def generate(proto_root: Path = PROTOS, out: Path = ROOT) -> list[Path]:
     """Run protoc on every .proto under ``proto_root``; returns the files written under ``out``."""
     protos = sorted(proto_root.rglob("*.proto"))
+    out.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")
     args = [
         "protoc",

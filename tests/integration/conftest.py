@@ -67,7 +67,11 @@ def service():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     svc = Service(free_port(), free_port(), free_port())
     start_local(
-        port=svc.http_port, grpc_port=svc.grpc_port, metrics_port=svc.metrics_port, num_cpus=8, object_store_mb=200
+        port=svc.http_port,
+        grpc_port=svc.grpc_port,
+        metrics_port=svc.metrics_port,
+        num_cpus=8,
+        object_store_mb=200,
     )
     deploy()
     wait_ready(svc.url)

@@ -10,7 +10,6 @@ from service.imaging.decode import decode_image
 from service.models.registry import load_model
 from service.training.semantic import predict_labels
 
-
 _MODELS: dict[str, tuple] = {}
 
 

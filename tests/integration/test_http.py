@@ -64,7 +64,15 @@ def test_real_photograph_jpeg(service, repository):
     mask = mask_of(r)
     assert mask.shape == (512, 512) and mask.dtype == np.uint8
     assert sum(c["pixels"] for c in result["classes"]) == 512 * 512
-    assert set(result["timings_ms"]) >= {"decode", "preprocess", "queue", "forward", "postprocess", "encode", "total"}
+    assert set(result["timings_ms"]) >= {
+        "decode",
+        "preprocess",
+        "queue",
+        "forward",
+        "postprocess",
+        "encode",
+        "total",
+    }
     np.testing.assert_array_equal(mask, direct_labels(repository, MODEL, body))
 
 
@@ -101,7 +109,9 @@ def test_output_variants(service):
         rebuilt[decode_rle(item["rle"])] = item["class_id"]
     np.testing.assert_array_equal(rebuilt, labels)
     raw_mask = raw.json()["mask"]
-    decoded = np.frombuffer(base64.b64decode(raw_mask["data"]), dtype=raw_mask["dtype"]).reshape(raw_mask["shape"])
+    decoded = np.frombuffer(base64.b64decode(raw_mask["data"]), dtype=raw_mask["dtype"]).reshape(
+        raw_mask["shape"]
+    )
     np.testing.assert_array_equal(decoded, labels)
     picture = Image.open(io.BytesIO(base64.b64decode(overlay.json()["overlay"]["data"])))
     assert picture.size == (150, 100) and picture.mode == "RGB"
@@ -132,7 +142,12 @@ def huge_png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def ppm_bytes() -> bytes:
@@ -158,17 +173,23 @@ BAD_REQUESTS = [
 
 
 def _body(kind, good: bytes, good_jpeg: bytes):
-    return {
-        "good_png": good,
-        "truncated_jpeg": good_jpeg[: len(good_jpeg) // 2],
-        "truncated_png": good[: len(good) // 2],
-        "ppm": ppm_bytes(),
-        "bomb": huge_png_header(100_000, 100_000),
-    }.get(kind, kind) if isinstance(kind, str) else kind
+    return (
+        {
+            "good_png": good,
+            "truncated_jpeg": good_jpeg[: len(good_jpeg) // 2],
+            "truncated_png": good[: len(good) // 2],
+            "ppm": ppm_bytes(),
+            "bomb": huge_png_header(100_000, 100_000),
+        }.get(kind, kind)
+        if isinstance(kind, str)
+        else kind
+    )
 
 
 @pytest.mark.parametrize(("what", "suffix", "body", "content_type", "status", "code"), BAD_REQUESTS)
-def test_bad_input_gets_its_status_and_service_keeps_serving(service, what, suffix, body, content_type, status, code):
+def test_bad_input_gets_its_status_and_service_keeps_serving(
+    service, what, suffix, body, content_type, status, code
+):
     good = png_bytes(make_sample(3, (96, 128)).image)
     good_jpeg = jpeg_bytes(make_sample(3, (96, 128)).image)
     with service.http() as c:

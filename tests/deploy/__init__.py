@@ -1,0 +1,1 @@
+"""Offline checks of the deployment artefacts: Kubernetes manifests, Serve config, Docker image."""

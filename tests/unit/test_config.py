@@ -1,0 +1,75 @@
+"""The model repository and application args are validated strictly."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.config import ConfigError, load_repository, parse_app_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "repository.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def shipped() -> dict:
+    return yaml.safe_load((ROOT / "models" / "repository.yaml").read_text())
+
+
+def test_the_shipped_repository_loads():
+    repo = load_repository(ROOT / "models" / "repository.yaml")
+    assert "unet-shapes" in repo.names()
+    spec = repo.get("unet-shapes")
+    assert spec.num_classes == 4 and spec.classes[0].name == "background"
+    assert repo.weights_path(spec).is_file()
+
+
+def test_a_typo_is_rejected_naming_file_and_key(tmp_path):
+    data = shipped()
+    data["models"][0]["batching"]["max_batch_sise"] = 4
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as e:
+        load_repository(path)
+    message = str(e.value)
+    assert str(path) in message and "max_batch_sise" in message and "unknown key" in message
+
+
+def test_a_typo_in_deployment_resources_is_rejected(tmp_path):
+    data = shipped()
+    data["models"][0]["deployment"]["num_gpu"] = 1  # Ray itself would silently ignore this
+    with pytest.raises(ConfigError, match="num_gpu"):
+        load_repository(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda m: m.update(weights="unet-shapes/model.pt"), "safetensors"),
+        (lambda m: m.update(weights="../../etc/model.safetensors"), "escapes"),
+        (lambda m: m["classes"].pop(1), "without gaps"),
+        (lambda m: m.update(task="detection"), "task"),
+        (lambda m: m["classes"][0].update(color=[0, 0, 300]), "0..255"),
+    ],
+)
+def test_invalid_entries_are_explained(tmp_path, change, fragment):
+    data = shipped()
+    change(data["models"][0])
+    with pytest.raises(ConfigError, match=fragment):
+        load_repository(write(tmp_path, data))
+
+
+def test_duplicate_names_are_rejected(tmp_path):
+    data = shipped()
+    data["models"].append(dict(data["models"][0]))
+    with pytest.raises(ConfigError, match="duplicate"):
+        load_repository(write(tmp_path, data))
+
+
+def test_app_args_are_strict():
+    assert parse_app_settings({"limits": {"max_body_bytes": 10}}).limits.max_body_bytes == 10
+    with pytest.raises(ConfigError, match="max_body_byte"):
+        parse_app_settings({"limits": {"max_body_byte": 10}})
