@@ -35,6 +35,20 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(BIN)/segserve evaluate --model unet-shapes
 
+# Load test against a running service (make serve): locust over HTTP and gRPC, results under
+# loadtests/results/tmp/. USERS, SPAWN_RATE, DURATION (s); LOADTEST_ARGS for more options.
+USERS ?= 8
+SPAWN_RATE ?= 2
+DURATION ?= 60
+loadtest: $(STAMP)
+	$(BIN)/python loadtests/run.py --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) \
+		--host http://$(HOST):$(PORT) --grpc-target $(HOST):$(GRPC_PORT) $(LOADTEST_ARGS)
+
+# The benchmark: raw model vs served, one run on this machine (quiet it first); writes
+# loadtests/results/<date>-<machine>.{json,md} and PNG plots. BENCH_ARGS="--quick" for a smoke run.
+bench: $(STAMP)
+	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 

@@ -21,7 +21,7 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads)
     weights = repo.weights_path(spec)
-    report = train(spec, weights, Path(args.checkpoints) / spec.name, config)
+    report = train(spec, weights, Path(args.checkpoints) / spec.name, config, stop_at=args.stop_at)
     print(json.dumps({"model": spec.name, "weights": str(weights), "validation": report.as_dict()}, indent=1))
     return 0
 
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--checkpoints", default="checkpoints", help="resumable checkpoints go here")
+    p.add_argument("--stop-at", type=int, default=None, help="end early at this step (same LR schedule)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="mIoU and per-class IoU on the seeded held-out set")

@@ -101,7 +101,14 @@ def held_out_seeds(count: int) -> range:
     return range(HELD_OUT_SEED_BASE, HELD_OUT_SEED_BASE + count)
 
 
-def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: TrainConfig) -> IoUReport:
+def train(
+    spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: TrainConfig, stop_at: int | None = None
+) -> IoUReport:
+    """Train (resuming from ``checkpoint_dir``) and write the weights.
+
+    ``stop_at`` ends the run early at that step, keeping the learning-rate schedule of
+    ``config.steps``: how a run cut short for time is reproduced exactly.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -124,7 +131,8 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
         start, history = state["step"], json.loads(state["history"])
         print(f"resuming from step {start}")
     shapes = ShapesConfig()
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train {spec.name}")
+    last = min(config.steps, stop_at or config.steps)
+    bar = tqdm(range(start, last), initial=start, total=last, desc=f"train {spec.name}")
     started = time.monotonic()
     for step in bar:
         model.train()
@@ -138,11 +146,11 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{ce.item():.3f}")
         done = step + 1
-        if done % config.val_every == 0 or done == config.steps:
+        if done % config.val_every == 0 or done == last:
             report = evaluate(model, spec, VALIDATION_SEEDS)
             history.append({"step": done, "loss": round(loss.item(), 4), **report.as_dict()})
             tqdm.write(f"step {done}: loss {loss.item():.4f} val mIoU {report.miou:.4f} {report.per_class}")
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if done % config.checkpoint_every == 0 or done == last:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             torch.save(
                 {
@@ -157,7 +165,11 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
             )
             checkpoint.with_suffix(".tmp").replace(checkpoint)
     model.eval()
-    save_weights(model, weights_out, metadata={"model": spec.name, "steps": str(config.steps)})
+    save_weights(
+        model,
+        weights_out,
+        metadata={"model": spec.name, "steps": str(last), "schedule_steps": str(config.steps)},
+    )
     (weights_out.parent / "training.json").write_text(
         json.dumps(
             {"config": asdict(config), "history": history, "seconds": time.monotonic() - started}, indent=1
