@@ -55,8 +55,9 @@ def test_bench_closed_loop_metrics_and_report(service, tmp_path):
         images,
         url=service.url,
         grpc_target=service.grpc_target,
-        warmup_s=0.25,
-        duration_s=1.0,
+        # Long enough that a request completes inside the window even on a loaded 2-core CI machine.
+        warmup_s=0.5,
+        duration_s=4.0,
         timeout_s=30,
         verify_png=True,
         log=lambda _: None,

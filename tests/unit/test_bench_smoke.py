@@ -221,14 +221,14 @@ def test_closed_loop_http_counts_successes_and_failures(images):
         images,
         url="http://test",
         warmup_s=0.05,
-        duration_s=0.3,
+        duration_s=1.0,
         verify_png=True,
         http_transport=httpx.MockTransport(handler),
         log=lambda _: None,
     )
     assert row["requests"] > 5 and row["errors"] > 0
     assert set(row["error_reasons"]) == {"HTTP 503 overloaded"}
-    assert row["throughput_rps"] == pytest.approx(row["requests"] / 0.3)
+    assert row["throughput_rps"] == pytest.approx(row["requests"] / 1.0)
     assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert row["mean_batch_size"] == pytest.approx(2.0)
     assert row["stage_mean_ms"]["hops"] == pytest.approx(0.9)  # total 6 - the stages' 5.1
@@ -260,8 +260,8 @@ def test_closed_loop_grpc(images):
             [closed_loop.PointSpec("grpc", "m", 2), closed_loop.PointSpec("grpc", "nope", 1)],
             images,
             grpc_target=f"127.0.0.1:{port}",
-            warmup_s=0.05,
-            duration_s=0.3,
+            warmup_s=0.3,
+            duration_s=1.5,  # a loaded CI machine must still finish a call inside the window
             verify_png=True,
             log=lambda _: None,
         )
