@@ -10,16 +10,35 @@ from pathlib import Path
 DEFAULT_REPOSITORY = "models/repository.yaml"
 
 
-def _train(args: argparse.Namespace) -> int:
+def _model_task(args: argparse.Namespace) -> str | None:
+    """The model's task (semantic or panoptic), or None after printing why it is unknown."""
     from service.config import load_repository
-    from service.training.semantic import TrainConfig, train
 
     repo = load_repository(args.repository)
     spec = repo.get(args.model)
     if spec is None:
         print(f"unknown model {args.model!r}; known: {', '.join(repo.names())}", file=sys.stderr)
+        return None
+    return spec.task
+
+
+def _train(args: argparse.Namespace) -> int:
+    task = _model_task(args)
+    if task is None:
         return 2
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+    if task == "panoptic":
+        from service.training import panoptic
+
+        args.steps = args.steps or panoptic.TrainConfig.steps
+        return panoptic._train(args)
+    from service.config import load_repository
+    from service.training.semantic import TrainConfig, train
+
+    repo = load_repository(args.repository)
+    spec = repo.get(args.model)
+    config = TrainConfig(
+        steps=args.steps or TrainConfig.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads
+    )
     weights = repo.weights_path(spec)
     report = train(spec, weights, Path(args.checkpoints) / spec.name, config, stop_at=args.stop_at)
     print(json.dumps({"model": spec.name, "weights": str(weights), "validation": report.as_dict()}, indent=1))
@@ -27,15 +46,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    task = _model_task(args)
+    if task is None:
+        return 2
+    if task == "panoptic":
+        from service.training import panoptic
+
+        return panoptic._evaluate(args)
     from service.config import load_repository
     from service.models.registry import load_model
     from service.training.semantic import evaluate, held_out_seeds
 
     repo = load_repository(args.repository)
     spec = repo.get(args.model)
-    if spec is None:
-        print(f"unknown model {args.model!r}; known: {', '.join(repo.names())}", file=sys.stderr)
-        return 2
     model = load_model(spec, repo.weights_path(spec))
     report = evaluate(model, spec, held_out_seeds(args.images), progress=True)
     print(json.dumps({"model": spec.name, "held_out": report.as_dict()}, indent=1))
@@ -56,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a demo model on synthetic shapes (CPU)")
     p.add_argument("--model", required=True)
     p.add_argument("--repository", default=DEFAULT_REPOSITORY)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=None, help="default: the task's training config")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--init-trunk", default=None, help="panoptic: start from a semantic U-Net's trunk")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--checkpoints", default="checkpoints", help="resumable checkpoints go here")
     p.add_argument("--stop-at", type=int, default=None, help="end early at this step (same LR schedule)")
@@ -68,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--repository", default=DEFAULT_REPOSITORY)
     p.add_argument("--images", type=int, default=200)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=None, help="panoptic: keep the COCO panoptic files here")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("serve", help="run the service on a local Ray with the shipped models (CPU)")

@@ -65,7 +65,12 @@ def deploy(config: dict[str, Any] | None = None, args_override: dict[str, Any] |
     config = config or load_serve_config()
     app = config["applications"][0]
     args = {**app.get("args", {}), **(args_override or {})}
-    serve.run(build_app(args), name=app["name"], route_prefix=app.get("route_prefix", "/"))
+    serve.run(
+        build_app(args),
+        name=app["name"],
+        route_prefix=app.get("route_prefix", "/"),
+        logging_config=config.get("logging_config"),  # JSON lines, as in the cluster config
+    )
     return app["name"]
 
 

@@ -8,15 +8,25 @@ through Ray's object store and never through the ingress.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import math
 import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from service.api.errors import to_service_error
 from service.config import AppSettings, ModelSpec, Repository, file_digest
-from service.errors import DeadlineExceeded, ModelNotFound, PayloadTooLarge, Unauthenticated, Unavailable
+from service.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
+)
 from service.types import SegmentOptions, SegmentResult
 
 
@@ -25,6 +35,19 @@ def new_request_id(given: str | None = None) -> str:
     if given and len(given) <= 128 and given.isprintable():
         return given
     return uuid.uuid4().hex
+
+
+def parse_timeout_ms(value: str | None, name: str) -> float | None:
+    """A caller's timeout header (milliseconds) as seconds; None when absent. 400 unless a positive number."""
+    if value is None or not value.strip():
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = math.nan
+    if not math.isfinite(ms) or ms <= 0:
+        raise InvalidArgument(f"{name} must be a positive number of milliseconds, got {value[:32]!r}")
+    return ms / 1000
 
 
 def load_api_keys(settings: AppSettings) -> tuple[bytes, ...]:
@@ -66,6 +89,7 @@ class SegmentationCore:
         self.codec = codec
         self.segmenters = segmenters
         self.api_keys = load_api_keys(settings)
+        self.api_key_digests = tuple(hashlib.sha256(k).digest() for k in self.api_keys)
         self.digests = {
             spec.name: file_digest(repository.weights_path(spec)) if spec.weights else None
             for spec in repository.models
@@ -92,9 +116,10 @@ class SegmentationCore:
         """No keys configured: open. Otherwise the key must match one, compared in constant time."""
         if not self.api_keys:
             return
-        given = (key or "").encode()
-        # Compare against every key (no early exit) so timing says nothing about which matched.
-        matched = [hmac.compare_digest(given, k) for k in self.api_keys]
+        # Fixed-length digests, so neither a key's length nor its content shows in the timing, and
+        # every key is compared (no early exit), so neither does which one matched.
+        given = hashlib.sha256((key or "").encode()).digest()
+        matched = [hmac.compare_digest(given, k) for k in self.api_key_digests]
         if not any(matched):
             raise Unauthenticated("missing or invalid API key")
 
@@ -124,6 +149,11 @@ class SegmentationCore:
             for response in (prepared, segmented, encoded):
                 response.cancel()  # downstream replicas drop the work instead of finishing it
             raise DeadlineExceeded("the request did not finish within its deadline") from None
+        except Exception as e:
+            # Classified here, before FastAPI sees it: Ray Serve registers its own handlers on the app
+            # for BackPressureError / DeploymentUnavailableError, which answer a plain-text 503 without
+            # Retry-After. As ServiceErrors they get the JSON body and Retry-After like every error.
+            raise to_service_error(e) from None
         result.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return result
 

@@ -18,6 +18,7 @@ from service.errors import (
     ModelFailure,
     Overloaded,
     ServiceError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -49,6 +50,17 @@ def _cause(error: BaseException) -> BaseException:
     return error
 
 
+def _chain(error: BaseException):
+    """The error and what caused it: Ray's task-error causes and explicit ``raise ... from`` causes."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        unwrapped = _cause(current)
+        current = unwrapped if unwrapped is not current else current.__cause__
+
+
 def to_service_error(error: BaseException) -> ServiceError:
     """Classify any exception raised while answering a request."""
     error = _cause(error)
@@ -56,7 +68,9 @@ def to_service_error(error: BaseException) -> ServiceError:
         return error
     if isinstance(error, BackPressureError):
         return Overloaded("the service is at capacity; retry after a short wait")
-    if isinstance(error, DeploymentUnavailableError | RayActorError):
+    # A replica that died mid-request can surface wrapped, e.g. as the RayServeException "upstream actor
+    # died before finishing a dependent task" caused by the ActorDiedError: retryable, not a 500.
+    if any(isinstance(e, DeploymentUnavailableError | RayActorError) for e in _chain(error)):
         return Unavailable("a replica is unavailable (restarting or draining); retry")
     if isinstance(error, TimeoutError | asyncio.TimeoutError):
         return DeadlineExceeded("the request did not finish within its deadline")
@@ -69,6 +83,8 @@ def to_service_error(error: BaseException) -> ServiceError:
 def http_headers(error: ServiceError) -> dict[str, str]:
     if isinstance(error, Overloaded | Unavailable):
         return {"Retry-After": str(RETRY_AFTER_S)}
+    if isinstance(error, Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}  # RFC 9110: a 401 names the scheme it wants
     return {}
 
 

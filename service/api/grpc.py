@@ -12,7 +12,8 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from service.api.core import SegmentationCore, new_request_id
+from service import metrics
+from service.api.core import SegmentationCore, new_request_id, parse_timeout_ms
 from service.api.errors import grpc_status, to_service_error
 from service.errors import InvalidArgument, ServiceError
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
@@ -43,11 +44,7 @@ def api_key(meta: dict[str, str]) -> str | None:
 
 def timeout_from_metadata(meta: dict[str, str]) -> float | None:
     """Our clients send their deadline as ``x-timeout-ms``: Ray's proxy does not forward grpc-timeout."""
-    value = meta.get("x-timeout-ms", "")
-    try:
-        return float(value) / 1000 if value else None
-    except ValueError:
-        raise InvalidArgument(f"x-timeout-ms must be a number of milliseconds, got {value!r}") from None
+    return parse_timeout_ms(meta.get("x-timeout-ms"), "x-timeout-ms")
 
 
 def options_from_pb(
@@ -78,6 +75,11 @@ def _ray_request_id(context) -> str | None:
         return context.request_id() if context is not None else None
     except Exception:  # older contexts or handle calls without a proxy
         return None
+
+
+def served(core) -> dict | None:
+    """The served models, for the metrics' model label (None: a test double without them)."""
+    return getattr(core, "segmenters", None)
 
 
 def _rle_pb(rle: dict) -> pb.Rle:
@@ -151,17 +153,22 @@ def fail(context, error: BaseException, request_id: str = "") -> ServiceError:
 async def segment(core: SegmentationCore, request: pb.SegmentRequest, context) -> pb.SegmentResponse:
     meta = metadata(context)
     request_id = ""
-    try:
-        core.authenticate(api_key(meta))
-        options = options_from_pb(request, meta, core, _ray_request_id(context))
-        request_id = options.request_id
-        result = await core.segment(request.image, request.content_type or None, options)
-    except Exception as e:
-        fail(context, e, request_id)
-        return pb.SegmentResponse()
-    if context is not None:
-        context.set_trailing_metadata([("x-request-id", request_id)])
-    return result_to_pb(result, request.frame_id)
+    with metrics.request_call("grpc", request.model, served(core)) as call:
+        try:
+            core.authenticate(api_key(meta))
+            options = options_from_pb(request, meta, core, _ray_request_id(context))
+            request_id = options.request_id
+            metrics.bind_request_id(request_id)  # every log line and handle call of this request carries it
+            result = await core.segment(request.image, request.content_type or None, options)
+        except Exception as e:
+            error = fail(context, e, request_id)
+            call.failed(grpc_status(error).name, error, request_id)
+            return pb.SegmentResponse()
+        if context is not None:
+            context.set_trailing_metadata([("x-request-id", request_id)])
+        response = result_to_pb(result, request.frame_id)
+        call.succeeded("OK", result, response.ByteSize(), request_id, request.ByteSize())
+        return response
 
 
 async def segment_stream(
@@ -172,20 +179,26 @@ async def segment_stream(
     try:
         core.authenticate(api_key(meta))
     except Exception as e:
-        fail(context, e)
-        return
+        # Raised, not returned: Ray's proxy copies the status onto a stream only with a yielded
+        # message or an exception (2.54+ keeps the code set before the raise).
+        raise fail(context, e) from None
     async for request in requests:
-        try:
-            options = options_from_pb(request, meta, core)
-            result = await core.segment(request.image, request.content_type or None, options)
-            yield result_to_pb(result, request.frame_id)
-        except Exception as e:
-            error = to_service_error(e)
-            yield pb.SegmentResponse(
-                model=request.model,
-                frame_id=request.frame_id,
-                error=pb.FrameError(code=error.code, message=error.message),
-            )
+        with metrics.request_call("grpc", request.model, served(core)) as call:  # one per frame
+            try:
+                options = options_from_pb(request, meta, core)
+                metrics.bind_request_id(options.request_id)
+                result = await core.segment(request.image, request.content_type or None, options)
+                response = result_to_pb(result, request.frame_id)
+                call.succeeded("OK", result, response.ByteSize(), options.request_id, request.ByteSize())
+            except Exception as e:
+                error = to_service_error(e)
+                call.failed(grpc_status(error).name, error)
+                response = pb.SegmentResponse(
+                    model=request.model,
+                    frame_id=request.frame_id,
+                    error=pb.FrameError(code=error.code, message=error.message),
+                )
+        yield response
 
 
 def list_models(core: SegmentationCore, context) -> pb.ListModelsResponse:

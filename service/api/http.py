@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from service import metrics
 from service.api.errors import http_headers, to_service_error
 from service.errors import InvalidArgument, InvalidImage, PayloadTooLarge, ServiceError
 from service.types import SegmentOptions, SegmentResult
@@ -18,6 +19,7 @@ logger = logging.getLogger("ray.serve")
 KNOWN_QUERY = frozenset({"format", "overlay"})
 TRUE, FALSE = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no", ""})
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
 def core_of(request: Request):
@@ -137,19 +139,29 @@ def build_http_app() -> FastAPI:
     async def request_context(request: Request, call_next):
         from service.api.core import new_request_id
 
-        request_id = new_request_id(request.headers.get("x-request-id") or _ray_request_id())
+        ray_id = _ray_request_id()
+        request_id = new_request_id(request.headers.get("x-request-id") or ray_id)
         request.state.request_id = request_id
-        try:
-            if request.url.path not in OPEN_PATHS:
-                core_of(request).authenticate(_bearer(request.headers.get("authorization")))
-            response = await call_next(request)
-        except Exception as e:  # every failure becomes a documented status
-            return error_response(e, request_id)
-        response.headers["x-request-id"] = request_id
-        return response
+        metrics.bind_request_id(request_id)  # every log line and handle call of this request carries it
+        with metrics.http_call(request.url.path, core_of(request).segmenters, request_id) as call:
+            try:
+                if app_path(request) not in OPEN_PATHS:
+                    core_of(request).authenticate(_bearer(request.headers.get("authorization")))
+                response = await call_next(request)
+            except Exception as e:  # every failure becomes a documented status
+                error = to_service_error(e)
+                request.state.error_code = error.code
+                response = error_response(error, request_id)
+            if request_id == ray_id and "x-request-id" in response.headers:
+                del response.headers["x-request-id"]  # Ray's proxy echoes its id: one header, not two
+            elif request_id != ray_id:
+                response.headers["x-request-id"] = request_id
+            _finish_call(call, request, response)
+            return response
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError):
+        request.state.error_code = error.code
         return error_response(error, getattr(request.state, "request_id", ""))
 
     @app.get("/healthz")
@@ -172,17 +184,45 @@ def build_http_app() -> FastAPI:
     async def segment(model: str, request: Request):
         core = core_of(request)
         core.spec(model)  # 404 before reading a large body
-        options = parse_options(
-            model, dict(request.query_params), request.state.request_id, core.deadline(None)
-        )
+        deadline = core.deadline(request_timeout(request))
+        options = parse_options(model, dict(request.query_params), request.state.request_id, deadline)
         body, content_type = await image_from_request(request, core.settings.limits.max_body_bytes)
         result = await core.segment(body, content_type, options)
+        request.state.result = result  # for the metrics and the access log
         headers = {"x-batch-size": str(result.batch_size)}
         if "image/png" in request.headers.get("accept", "") and result.mask_png is not None:
             return Response(result.mask_png, media_type="image/png", headers=headers)
         return JSONResponse(result_json(result), headers=headers)
 
     return app
+
+
+def _finish_call(call: metrics.RequestCall, request: Request, response: Response) -> None:
+    """Metrics and the access-log line of a segmentation request, from what its handling left."""
+    length = response.headers.get("content-length")
+    declared = request.headers.get("content-length")
+    call.finish(
+        status=str(response.status_code),
+        http_status=response.status_code,
+        code=getattr(request.state, "error_code", None),
+        result=getattr(request.state, "result", None),
+        response_bytes=int(length) if length and length.isdigit() else None,
+        request_bytes=int(declared) if declared and declared.isdigit() else None,
+    )
+
+
+def app_path(request: Request) -> str:
+    """The path inside the application: without the route prefix (``/secure/readyz`` -> ``/readyz``)."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    return (path[len(root) :] or "/") if root and path.startswith(root) else path
+
+
+def request_timeout(request: Request) -> float | None:
+    """The caller's deadline in seconds from ``x-request-timeout-ms`` (gRPC: ``x-timeout-ms``), capped by
+    ``limits.request_timeout_s`` in ``core.deadline``; past it the answer is 504."""
+    from service.api.core import parse_timeout_ms
+
+    return parse_timeout_ms(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
 
 
 def _ray_request_id() -> str | None:

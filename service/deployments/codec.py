@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ray import serve
 
+from service import metrics
 from service.config import Limits, Repository
 from service.errors import ModelNotFound
 from service.pipeline import encode_result, prepare_image
@@ -25,7 +26,11 @@ class ImageCodec:
     # Sync methods: Ray Serve 2.60 runs them in a thread pool, so decoding several images overlaps
     # (Pillow and numpy release the GIL) and the replica's event loop stays free.
     def prepare(self, body: bytes, content_type: str | None, options: SegmentOptions) -> PreparedImage:
-        return prepare_image(body, content_type, options, self._spec(options.model), self.limits)
+        prepared = prepare_image(body, content_type, options, self._spec(options.model), self.limits)
+        metrics.record_prepared(prepared, len(body))
+        return prepared
 
     def encode(self, segmentation: Segmentation) -> SegmentResult:
-        return encode_result(segmentation, self._spec(segmentation.options.model))
+        result = encode_result(segmentation, self._spec(segmentation.options.model))
+        metrics.record_encoded(result)
+        return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ray import serve
 from ray.serve.grpc_util import gRPCInputStream
 
+from service import metrics
 from service.api import grpc as grpc_api
 from service.api.core import SegmentationCore
 from service.api.http import build_http_app
@@ -16,6 +17,9 @@ from service.config import AppSettings, Repository
 class Ingress:
     def __init__(self, repository: Repository, settings: AppSettings, codec, segmenters: dict) -> None:
         self.core = SegmentationCore(repository, settings, codec, segmenters)
+
+    def check_health(self) -> None:
+        metrics.refresh_in_flight(self.core.segmenters)  # Ray drops gauges that are not set for ~20 s
 
     def __serve_build_asgi_app__(self):
         """Called by Ray Serve after __init__: the FastAPI app, its routes reaching this core."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ray import serve
 
+from service import metrics
 from service.config import ModelSpec
 from service.errors import DeadlineExceeded, ModelFailure
 from service.models.inference import Runner, configure_threads
@@ -34,6 +35,9 @@ class Segmenter:
         self._batch.set_max_batch_size(spec.batching.max_batch_size)
         self._batch.set_batch_wait_timeout_s(spec.batching.batch_wait_timeout_s)
         self.broken: str | None = None
+        self.metrics = metrics.SegmenterMetrics(spec, self.runner.device, weights)
+        self.runner.on_group = self.metrics.on_group
+        self.metrics.update(self.runner)
 
     async def segment(self, prepared: PreparedImage) -> Segmentation:
         result = await self._batch(prepared, time.perf_counter())
@@ -62,15 +66,18 @@ class Segmenter:
                 )
             except Exception as e:  # a model failure on valid input: report it, mark the replica
                 self.broken = f"{type(e).__name__}: {e}"
+                self.metrics.batch_failed([items[i] for i in live], e)
                 failure = ModelFailure(f"model {self.spec.name!r} failed: {self.broken}")
                 done = [failure] * len(live)
             for i, r in zip(live, done, strict=True):
                 results[i] = r
+            self.metrics.update(self.runner, healthy=self.broken is None)
         return results
 
     def ready(self) -> dict:
         return {"model": self.spec.name, "device": str(self.runner.device), "threads": self.threads}
 
     def check_health(self) -> None:
+        self.metrics.update(self.runner, healthy=self.broken is None)  # periodic refresh of the gauges
         if self.broken is not None:
             raise RuntimeError(f"model {self.spec.name!r} is broken: {self.broken}")

@@ -67,6 +67,8 @@ class Runner:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.label_dtype = np.uint8 if spec.num_classes <= 256 else np.uint16
         self.postprocess: Callable[[torch.Tensor | dict, list[PreparedImage]], GroupOutput] = self._semantic
+        # Metrics hook, called after each forward pass with (items, queue s, forward s, postprocess s).
+        self.on_group: Callable[[list[PreparedImage], list[float], float, float], None] | None = None
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -112,6 +114,10 @@ class Runner:
                 output = self.postprocess(out, [items[i] for i in group])
                 self._sync()
             t2 = time.perf_counter()
+            if self.on_group is not None:
+                self.on_group(
+                    [items[i] for i in group], [started - queued_at[i] for i in group], t1 - t0, t2 - t1
+                )
             for k, i in enumerate(group):
                 item = items[i]
                 timings = {
