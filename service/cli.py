@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="default: the task's training config")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--init-trunk", default=None, help="panoptic: start from a semantic U-Net's trunk")
+    p.add_argument(
+        "--init-weights", default=None, help="panoptic: start from these weights (e.g. a U-Net trunk)"
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--checkpoints", default="checkpoints", help="resumable checkpoints go here")
     p.add_argument("--stop-at", type=int, default=None, help="end early at this step (same LR schedule)")

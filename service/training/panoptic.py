@@ -1,0 +1,381 @@
+"""Train and evaluate a panoptic model (Panoptic-DeepLab targets and losses) on the synthetic shapes.
+
+Mirrors ``service.training.semantic``: fresh samples every step (seeded by step, never the held-out
+seeds), a resumable checkpoint every ``checkpoint_every`` steps, validation every ``val_every`` steps.
+Here the samples have striped "stuff" regions and more touching shapes (``PANOPTIC_SHAPES``) so that
+same-class instances that touch or overlap are common, and validation reports PQ.
+
+Classes: 0 background (stuff), 1 circle, 2 rectangle, 3 triangle (things), 4 stripes (stuff).
+
+Run: ``python -m service.training.panoptic train --model panoptic-shapes`` and
+``python -m service.training.panoptic evaluate --model panoptic-shapes --images 200``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from service.config import ModelSpec, Repository, load_repository
+from service.imaging.geometry import fit_to_policy, pad_value
+from service.models.panoptic_inference import PanopticRunner
+from service.models.registry import build_model, save_weights, to_model_input
+from service.training.metrics import IGNORE_INDEX
+from service.training.pq import (
+    PQReport,
+    pq_compute_folders,
+    write_annotation,
+    write_coco_panoptic,
+    write_panoptic_json,
+)
+from service.training.semantic import (
+    HELD_OUT_SIZES,
+    TRAIN_SEED_BASE,
+    VALIDATION_SEEDS,
+    dice_loss,
+    held_out_seeds,
+)
+from service.training.shapes import DEFAULT_SIZES, Sample, ShapesConfig, make_sample
+from service.types import PreparedImage, SegmentOptions
+
+PANOPTIC_SHAPES = ShapesConfig(stripes=True, touch_prob=0.6)
+# detectron2 uses sigma 8 on 1024x2048 Cityscapes crops, where instances span hundreds of pixels. Our
+# images are ~128 px and touching shapes have centres >= ~16 px apart: sigma 4 keeps neighbouring
+# peaks apart (at 16 px a neighbour's Gaussian is down to exp(-8)) and still gives the 7x7 NMS a peak
+# a few pixels wide.
+CENTER_SIGMA = 4.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    dice_weight: float = 1.0
+    center_weight: float = 200.0
+    """Panoptic-DeepLab's MSE x 200 on the centre heatmap."""
+    offset_weight: float = 0.2
+    """L1 on offsets in pixels: Panoptic-DeepLab's 0.01 is for Cityscapes objects ~10x larger than ours,
+    and a larger weight makes the offsets converge within the few thousand steps a CPU affords."""
+    val_every: int = 250
+    val_images: int = 48
+    checkpoint_every: int = 50
+    seed: int = 0
+    threads: int = 0
+    """torch threads for training; 0 = torch's default."""
+    init_weights: str | None = None
+    """safetensors to start from instead of random weights: a semantic U-Net of the same depth and
+    width gives the trunk (as Panoptic-DeepLab starts from a pretrained backbone; the heads stay
+    random), a panoptic model gives everything (a second training stage)."""
+
+
+def panoptic_targets(instances: np.ndarray, sigma: float = CENTER_SIGMA) -> tuple[np.ndarray, np.ndarray]:
+    """Centre heatmap float32 ``[H, W]`` and offsets float32 ``[2, H, W]`` from instance ids ``[H, W]``.
+
+    As detectron2's ``PanopticDeepLabTargetGenerator``: each visible instance's centre is the mean of
+    its pixel coordinates; the heatmap is the pixel-wise max of unit-peak Gaussians at the centres;
+    offsets ``(cy - y, cx - x)`` on the instance's pixels, 0 elsewhere (weighted out of the loss).
+    """
+    h, w = instances.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    flat = instances.reshape(-1)
+    count = int(flat.max()) + 1
+    area = np.bincount(flat, minlength=count).astype(np.float32)
+    cy = np.bincount(flat, weights=yy.reshape(-1), minlength=count) / np.maximum(area, 1)
+    cx = np.bincount(flat, weights=xx.reshape(-1), minlength=count) / np.maximum(area, 1)
+    present = np.flatnonzero(area[1:]) + 1
+    heatmap = np.zeros((h, w), np.float32)
+    for i in present:  # a handful of instances per image: the loop is over instances, not pixels
+        heatmap = np.maximum(heatmap, np.exp(-((yy - cy[i]) ** 2 + (xx - cx[i]) ** 2) / (2 * sigma**2)))
+    thing = instances > 0
+    offsets = np.zeros((2, h, w), np.float32)
+    offsets[0][thing] = (cy[instances] - yy)[thing]
+    offsets[1][thing] = (cx[instances] - xx)[thing]
+    return heatmap.astype(np.float32), offsets
+
+
+def training_batch(step: int, config: TrainConfig, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """One step's batch, all of one size: images uint8 ``[B, H, W, 3]``, semantic int64 ``[B, H, W]``,
+    center ``[B, 1, H, W]``, offset ``[B, 2, H, W]``, center_weight / offset_weight ``[B, 1, H, W]``.
+
+    Every third step the images are narrower than the size divisor allows and padded as the codec pads
+    them: padding is IGNORE_INDEX for the semantic loss and has weight 0 for centres and offsets.
+    """
+    rng = np.random.default_rng([config.seed, step])
+    h, w = DEFAULT_SIZES[rng.integers(len(DEFAULT_SIZES))]
+    cut = int(rng.integers(1, spec.input.size_divisor)) if step % 3 == 0 else 0
+    first = TRAIN_SEED_BASE + step * config.batch_size
+    samples = [make_sample(s, (h, w - cut), PANOPTIC_SHAPES) for s in range(first, first + config.batch_size)]
+    targets = [panoptic_targets(s.instances) for s in samples]
+    images = np.full((len(samples), h, w, 3), pad_value(spec.input), np.uint8)
+    semantic = np.full((len(samples), h, w), IGNORE_INDEX, np.int64)
+    center = np.zeros((len(samples), 1, h, w), np.float32)
+    offset = np.zeros((len(samples), 2, h, w), np.float32)
+    center_weight = np.zeros((len(samples), 1, h, w), np.float32)
+    offset_weight = np.zeros((len(samples), 1, h, w), np.float32)
+    for i, (s, (heatmap, offsets)) in enumerate(zip(samples, targets, strict=True)):
+        images[i, :, : w - cut] = s.image
+        semantic[i, :, : w - cut] = s.semantic
+        center[i, 0, :, : w - cut] = heatmap
+        offset[i, :, :, : w - cut] = offsets
+        center_weight[i, 0, :, : w - cut] = 1.0
+        offset_weight[i, 0, :, : w - cut] = s.instances > 0
+    arrays = {
+        "images": images,
+        "semantic": semantic,
+        "center": center,
+        "offset": offset,
+        "center_weight": center_weight,
+        "offset_weight": offset_weight,
+    }
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def panoptic_losses(
+    outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], config: TrainConfig, num_classes: int
+) -> dict[str, torch.Tensor]:
+    """Semantic CE + Dice, centre MSE, offset L1 (weighted means over their weight maps), and the total."""
+    semantic = F.cross_entropy(outputs["semantic"], batch["semantic"], ignore_index=IGNORE_INDEX)
+    dice = dice_loss(outputs["semantic"], batch["semantic"], num_classes)
+    cw, ow = batch["center_weight"], batch["offset_weight"]
+    center = ((outputs["center"] - batch["center"]).square() * cw).sum() / cw.sum().clamp(min=1)
+    offset = ((outputs["offset"] - batch["offset"]).abs() * ow).sum() / ow.sum().clamp(min=1)
+    total = (
+        semantic + config.dice_weight * dice + config.center_weight * center + config.offset_weight * offset
+    )
+    return {"loss": total, "ce": semantic, "dice": dice, "center": center, "offset": offset}
+
+
+def categories(spec: ModelSpec) -> list[dict]:
+    """COCO categories of a spec's classes."""
+    return [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in spec.classes]
+
+
+def evaluate_pq(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    seeds: Sequence[int],
+    sizes: Sequence[tuple[int, int]] = HELD_OUT_SIZES,
+    out: Path | None = None,
+    progress: bool = False,
+) -> PQReport:
+    """PQ on shapes samples of ``seeds`` (sizes cycling through ``sizes``), through the COCO files.
+
+    Writes the ground truth (``out/gt``) and the predictions (``out/pred``) in COCO panoptic format,
+    predicting as the service does (``fit_to_policy``, then ``PanopticRunner``: batched forward,
+    post-processing at the original size), and computes PQ from the files. ``out=None`` uses a
+    temporary folder.
+    """
+    samples = [make_sample(s, sizes[i % len(sizes)], PANOPTIC_SHAPES) for i, s in enumerate(seeds)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out) if out is not None else Path(tmp)
+        gt_json = write_coco_panoptic(zip(seeds, samples, strict=True), folder / "gt", categories(spec))
+        predictions = predict_annotations(model, spec, seeds, samples, folder / "pred" / "panoptic", progress)
+        pred_json = write_panoptic_json(folder / "pred" / "panoptic.json", predictions, categories(spec))
+        return pq_compute_folders(
+            gt_json, folder / "gt" / "panoptic", pred_json, folder / "pred" / "panoptic"
+        )
+
+
+def predict_annotations(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    seeds: Sequence[int],
+    samples: Sequence[Sample],
+    folder: Path,
+    progress: bool = False,
+    batch_size: int = 16,
+) -> list[dict]:
+    """Segment the samples' images as the service does; one id PNG per image in ``folder``, and the
+    COCO annotations (image id = seed) returned."""
+    model.eval()
+    runner = PanopticRunner(spec, model, device=next(model.parameters()).device)
+    options = SegmentOptions(model=spec.name)
+    annotations = []
+    for start in tqdm(range(0, len(samples), batch_size), desc="evaluate", disable=not progress):
+        chunk = samples[start : start + batch_size]
+        items = [PreparedImage(*fit_to_policy(s.image, spec.input), options) for s in chunk]
+        results = runner.run(items, [time.perf_counter()] * len(items))
+        for seed, result in zip(seeds[start : start + batch_size], results, strict=True):
+            annotations.append(write_annotation(folder, seed, result.panoptic, result.segments))
+    return annotations
+
+
+def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: TrainConfig) -> PQReport:
+    """Train from scratch or resume ``checkpoint_dir/last.pt``; writes the weights and training.json."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = build_model(spec)
+    if config.init_weights:
+        load_initial_weights(model, Path(config.init_weights))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.15
+    )
+    checkpoint = checkpoint_dir / "last.pt"
+    start, history = _resume(checkpoint, config, model, optimizer, schedule)
+    validation = list(VALIDATION_SEEDS)[: config.val_images]
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train {spec.name}")
+    started = time.monotonic()
+    for step in bar:
+        model.train()
+        batch = training_batch(step, config, spec)
+        outputs = model(to_model_input(batch["images"], spec.input.mean, spec.input.std))
+        losses = panoptic_losses(outputs, batch, config, spec.num_classes)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
+        done = step + 1
+        if done % config.val_every == 0 or done == config.steps:
+            report = evaluate_pq(model, spec, validation)
+            row = {"step": done, **{k: round(v.item(), 4) for k, v in losses.items()}, **report.as_dict()}
+            history.append(row)
+            tqdm.write(
+                f"step {done}: loss {losses['loss'].item():.4f} val PQ {report.pq:.4f} "
+                f"things {report.things.pq:.4f} stuff {report.stuff.pq:.4f}"
+            )
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            _save_checkpoint(checkpoint, done, config, model, optimizer, schedule, history)
+    model.eval()
+    save_weights(model, weights_out, metadata={"model": spec.name, "steps": str(config.steps)})
+    (weights_out.parent / "training.json").write_text(
+        json.dumps(
+            {"config": asdict(config), "history": history, "seconds": time.monotonic() - started}, indent=1
+        )
+    )
+    return evaluate_pq(model, spec, validation)
+
+
+def load_initial_weights(model: torch.nn.Module, weights: Path) -> list[str]:
+    """Copy the tensors of ``weights`` that ``model`` has with the same name and shape; the trunk must
+    be complete (a semantic U-Net's head is left out, a panoptic model's heads come along).
+    Returns the names of the model's tensors left at their random initialisation."""
+    own = model.state_dict()
+    found = {k: v for k, v in load_file(str(weights)).items() if k in own and own[k].shape == v.shape}
+    if any(k.startswith("trunk.") and k not in found for k in own):
+        raise ValueError(f"{weights}: trunk tensors do not match the model (check depth and base_width)")
+    model.load_state_dict(found, strict=False)
+    return sorted(set(own) - set(found))
+
+
+def _resume(checkpoint: Path, config: TrainConfig, model, optimizer, schedule) -> tuple[int, list[dict]]:
+    if not checkpoint.exists():
+        return 0, []
+    # weights_only=True: the checkpoint is a dict of tensors and numbers, never arbitrary pickle.
+    state = torch.load(checkpoint, weights_only=True)
+    if state["config"] != asdict(config):
+        raise SystemExit(f"{checkpoint} was written with another configuration; delete it to restart")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    print(f"resuming from step {state['step']}")
+    return state["step"], json.loads(state["history"])
+
+
+def _save_checkpoint(
+    checkpoint: Path, step: int, config: TrainConfig, model, optimizer, schedule, history
+) -> None:
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "step": step,
+        "config": asdict(config),
+        "history": json.dumps(history),
+    }
+    torch.save(state, checkpoint.with_suffix(".tmp"))
+    checkpoint.with_suffix(".tmp").replace(checkpoint)  # atomic: a kill never leaves half a checkpoint
+
+
+# --- command line (the lead wires these into ``segserve train/evaluate`` for panoptic models) -------
+
+
+def _spec(repository: str, name: str) -> tuple[Repository, ModelSpec]:
+    repo = load_repository(repository)
+    spec = repo.get(name)
+    if spec is None:
+        raise SystemExit(f"unknown model {name!r}; known: {', '.join(repo.names())}")
+    if spec.task != "panoptic":
+        raise SystemExit(f"model {name!r} is a {spec.task} model, not panoptic")
+    return repo, spec
+
+
+def _train(args: argparse.Namespace) -> int:
+    repo, spec = _spec(args.repository, args.model)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+        init_weights=args.init_weights,
+    )
+    weights = repo.weights_path(spec)
+    report = train(spec, weights, Path(args.checkpoints) / spec.name, config)
+    print(json.dumps({"model": spec.name, "weights": str(weights), "validation": report.as_dict()}, indent=1))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from service.models.registry import load_model
+
+    repo, spec = _spec(args.repository, args.model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(spec, repo.weights_path(spec))
+    out = Path(args.out) if args.out else None
+    report = evaluate_pq(model, spec, held_out_seeds(args.images), out=out, progress=True)
+    print(json.dumps({"model": spec.name, "held_out": report.as_dict()}, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service.training.panoptic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a panoptic model on synthetic shapes (CPU)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--repository", default="models/repository.yaml")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--checkpoints", default="checkpoints", help="resumable checkpoints go here")
+    p.add_argument(
+        "--init-weights",
+        default=None,
+        help="start from these weights (a semantic U-Net's trunk, or a panoptic model)",
+    )
+    p.set_defaults(func=_train)
+    p = sub.add_parser("evaluate", help="PQ / SQ / RQ on the seeded held-out set, via COCO panoptic files")
+    p.add_argument("--model", required=True)
+    p.add_argument("--repository", default="models/repository.yaml")
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=None, help="keep the ground-truth and prediction files here")
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
