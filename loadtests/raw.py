@@ -62,19 +62,6 @@ def default_layouts(cpus: int, replica_threads: int) -> list[tuple[int, int]]:
     return sorted(set(layouts), key=lambda pt: (pt[0], -pt[1]))
 
 
-def build_runner(spec, weights: Path | None):
-    """The segmenter's runner (as ``service.deployments.segmenter.build_runner``, without Ray)."""
-    from service.models.inference import Runner
-    from service.models.registry import load_model
-
-    model = load_model(spec, weights)
-    if spec.task == "panoptic":
-        from service.models.panoptic_inference import PanopticRunner
-
-        return PanopticRunner(spec, model)
-    return Runner(spec, model)
-
-
 def prepare(spec, images: tuple[TestImage, ...]) -> list:
     """Decode and fit every image to the model's input policy (the codec's part, done once)."""
     from service.imaging.decode import decode_image
@@ -93,6 +80,7 @@ def measure_in_process(config: RawConfig, barrier: Any = None) -> dict[str, Any]
     import torch
 
     from service.config import load_repository
+    from service.models.runners import build_runner
 
     torch.set_num_threads(config.threads)
     repository = load_repository(config.repository)

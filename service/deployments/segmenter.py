@@ -11,18 +11,9 @@ from ray import serve
 from service import metrics
 from service.config import ModelSpec
 from service.errors import DeadlineExceeded, ModelFailure
-from service.models.inference import Runner, configure_threads
-from service.models.registry import load_model
+from service.models.inference import configure_threads
+from service.models.runners import build_runner
 from service.types import PreparedImage, Segmentation
-
-
-def build_runner(spec: ModelSpec, weights: Path | None) -> Runner:
-    model = load_model(spec, weights)
-    if spec.task == "panoptic":
-        from service.models.panoptic_inference import PanopticRunner
-
-        return PanopticRunner(spec, model)
-    return Runner(spec, model)
 
 
 @serve.deployment
