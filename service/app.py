@@ -11,6 +11,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from service.api.errors import RETRY_AFTER_S
 from service.config import AppSettings, ModelSpec, Repository, load_repository, parse_app_settings
 from service.deployments.codec import ImageCodec
 from service.deployments.ingress import Ingress
@@ -74,6 +75,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         ray_actor_options={"num_cpus": i.num_cpus},
         max_ongoing_requests=i.max_ongoing_requests,
         max_queued_requests=i.max_queued_requests,
+        # When the ingress queue is full, Ray's proxy answers for us: give that 503 a Retry-After too.
+        backpressure_config={"status_code": 503, "retry_after_s": RETRY_AFTER_S},
     ).bind(repository, settings, codec, segmenters)
 
 

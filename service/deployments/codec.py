@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from ray import serve
 
 from service import metrics
 from service.config import Limits, Repository
-from service.errors import ModelNotFound
+from service.errors import DeadlineExceeded, ModelNotFound
 from service.pipeline import encode_result, prepare_image
 from service.types import PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
@@ -26,6 +28,9 @@ class ImageCodec:
     # Sync methods: Ray Serve 2.60 runs them in a thread pool, so decoding several images overlaps
     # (Pillow and numpy release the GIL) and the replica's event loop stays free.
     def prepare(self, body: bytes, content_type: str | None, options: SegmentOptions) -> PreparedImage:
+        if options.deadline is not None and time.time() > options.deadline:
+            # Queued past its deadline: the caller has its 504 already, so decoding would be wasted.
+            raise DeadlineExceeded("the deadline passed before the image was decoded")
         prepared = prepare_image(body, content_type, options, self._spec(options.model), self.limits)
         metrics.record_prepared(prepared, len(body))
         return prepared
