@@ -35,7 +35,9 @@ def start_local(
 
     config = config or load_serve_config()
     init_kwargs: dict[str, Any] = {
-        "num_cpus": num_cpus or max(2, os.cpu_count() or 2),
+        # Logical CPUs are scheduling tokens here: every replica sets its own torch threads, and the
+        # shipped app asks for ~3 (two 1-CPU segmenters, codec, ingress), more than a 2-core laptop has.
+        "num_cpus": num_cpus or max(8, os.cpu_count() or 2),
         "include_dashboard": False,
         "object_store_memory": object_store_mb * 1024 * 1024,
         "log_to_driver": False,
@@ -81,8 +83,14 @@ def serve_forever(host: str, port: int, grpc_port: int, metrics_port: int) -> No
     print(
         f"starting Ray and Serve (HTTP {host}:{port}, gRPC {host}:{grpc_port}, metrics :{metrics_port}) ..."
     )
-    start_local(host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port)
-    deploy()
+    try:
+        start_local(host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port)
+        deploy()
+    except KeyboardInterrupt:
+        print("interrupted while starting; shutting down ...", flush=True)
+        serve.shutdown()
+        ray.shutdown()
+        return
     base = f"http://{host}:{port}"
     print(
         f"\nsegserve is ready.\n"
