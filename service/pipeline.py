@@ -19,7 +19,7 @@ from service.imaging.encode import (
     encode_rgb_png,
 )
 from service.imaging.geometry import fit_to_policy
-from service.imaging.overlay import blend_overlay, instance_colors, palette
+from service.imaging.overlay import blend_overlay, palette
 from service.types import ClassPresence, PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
 
@@ -77,7 +77,9 @@ def encode_result(segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:
         result.mask_png = _panoptic_png(panoptic) if panoptic is not None else encode_label_png(labels)
     if options.overlay and segmentation.original is not None:
         if panoptic is not None:
-            blended = _blend_instances(segmentation.original, panoptic, instance_colors(panoptic))
+            # Palette of one (void = 0, left as the image): every segment id past it gets its own
+            # deterministic instance colour from blend_overlay.
+            blended = blend_overlay(segmentation.original, panoptic, palette([(0, 0, 0)]))
         else:
             blended = blend_overlay(segmentation.original, labels, palette([c.color for c in spec.classes]))
         result.overlay_png = encode_rgb_png(blended)
@@ -89,12 +91,3 @@ def _panoptic_png(panoptic: np.ndarray) -> bytes:
     from service.imaging.panoptic_format import encode_panoptic_png
 
     return encode_panoptic_png(panoptic)
-
-
-def _blend_instances(
-    image: np.ndarray, ids: np.ndarray, colors: np.ndarray, alpha: float = 0.5
-) -> np.ndarray:
-    out = image.astype(np.float32)
-    mask = ids > 0
-    out[mask] = out[mask] * (1 - alpha) + colors[mask] * alpha
-    return out.astype(np.uint8)

@@ -41,22 +41,11 @@ from service.imaging.decode import decode_image
 from service.imaging.encode import encode_rgb_png
 from service.pipeline import encode_result
 from service.types import ClassPresence, Segmentation, SegmentOptions, SegmentResult
+from tests.conftest import jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 MODEL = "unet-shapes"
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(image: np.ndarray, quality: int = 92) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def make_image(height: int = 37, width: int = 53, seed: int = 0) -> np.ndarray:
