@@ -1,6 +1,7 @@
 """Read histograms out of a Prometheus scrape of Ray's metrics agent (batch sizes, stage times).
 
-Ray Serve's built-in ``ray_serve_actual_batch_size`` / ``ray_serve_batch_*`` histograms carry a
+Ray Serve's built-in ``ray_serve_actual_batch_size`` / ``ray_serve_batch_*`` histograms (only from
+``@serve.batch`` methods; our segmenters use their own batcher and export ``ray_seg_batch_size``) carry a
 ``deployment`` tag (``Segmenter-<model>``); the service's own ``ray_seg_*`` ones a ``model`` tag (and
 ``stage``, ``protocol``, ...). Samples are summed over replicas and every other tag, per group of the
 tags in ``GROUP_LABELS``. Ray's agent exports with a delay of several seconds: scrape after waiting.

@@ -220,7 +220,13 @@ class AppSettings(Strict):
     models: list[str] | None = None
     """Serve only these models from the repository (default: all)."""
     limits: Limits = Limits()
+    topology: Literal["auto", "split", "fused"] = "auto"
+    """Where decoding and encoding run. split: an ImageCodec deployment of its own (``codec`` below),
+    so GPU replicas do tensor work only. fused: inside each segmenter replica, two fewer
+    inter-deployment hops per request (what a CPU node wants). auto: fused when every served model
+    runs on CPU, else split."""
     codec: CodecSpec = CodecSpec()
+    """The split topology's ImageCodec deployment (unused when fused)."""
     ingress: IngressSpec = IngressSpec()
     api_keys_env: str | None = None
     """Name of an env var holding comma-separated API keys; unset = no authentication."""

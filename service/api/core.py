@@ -1,8 +1,9 @@
 """The protocol-agnostic core that both the HTTP routes and the gRPC methods call.
 
-It validates, routes by model name, enforces the deadline and chains the handle calls
-codec.prepare -> segmenter.segment -> codec.encode, so decoded pixels go from replica to replica
-through Ray's object store and never through the ingress.
+It validates, routes by model name, enforces the deadline and calls the model's segmenter: in the
+fused topology (``codec`` is None) one call, ``segmenter.segment_image``; in the split topology the
+chained handle calls codec.prepare -> segmenter.segment -> codec.encode, so decoded pixels go from
+replica to replica through Ray's object store and never through the ingress.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def model_info(spec: ModelSpec, digest: str | None) -> dict[str, Any]:
 
 
 class SegmentationCore:
-    def __init__(self, repository: Repository, settings: AppSettings, codec, segmenters: dict) -> None:
+    def __init__(
+        self, repository: Repository, settings: AppSettings, codec: Any | None, segmenters: dict[str, Any]
+    ) -> None:
         self.repository = repository
         self.settings = settings
         self.codec = codec
@@ -139,14 +142,18 @@ class SegmentationCore:
         self.spec(options.model)
         self.check_body(body)
         started = time.perf_counter()
-        prepared = self.codec.prepare.remote(body, content_type, options)
-        segmented = self.segmenters[options.model].segment.remote(prepared)
-        encoded = self.codec.encode.remote(segmented)
+        segmenter = self.segmenters[options.model]
+        if self.codec is None:
+            responses = (segmenter.segment_image.remote(body, content_type, options),)
+        else:
+            prepared = self.codec.prepare.remote(body, content_type, options)
+            segmented = segmenter.segment.remote(prepared)
+            responses = (prepared, segmented, self.codec.encode.remote(segmented))
         remaining = (options.deadline or self.deadline(None)) - time.time()
         try:
-            result = await asyncio.wait_for(_await(encoded), timeout=max(remaining, 0.001))
+            result = await asyncio.wait_for(_await(responses[-1]), timeout=max(remaining, 0.001))
         except TimeoutError:
-            for response in (prepared, segmented, encoded):
+            for response in responses:
                 response.cancel()  # downstream replicas drop the work instead of finishing it
             raise DeadlineExceeded("the request did not finish within its deadline") from None
         except Exception as e:

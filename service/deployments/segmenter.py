@@ -1,4 +1,8 @@
-"""Segmenter: one deployment per model; batches requests and runs them on the model's device."""
+"""Segmenter: one deployment per model; batches requests and runs them on the model's device.
+
+In the fused topology the replica also decodes and encodes (``segment_image``), with the same
+``CodecStage`` the split topology's ``ImageCodec`` deployment runs.
+"""
 
 from __future__ import annotations
 
@@ -9,37 +13,51 @@ from pathlib import Path
 from ray import serve
 
 from service import metrics
+from service.batching import DynamicBatcher
 from service.config import ModelSpec
+from service.deployments.codec import CodecStage
 from service.errors import DeadlineExceeded, ModelFailure
 from service.models.inference import configure_threads
 from service.models.runners import build_runner
-from service.types import PreparedImage, Segmentation
+from service.types import PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
 
 @serve.deployment
 class Segmenter:
-    def __init__(self, spec: ModelSpec, weights: str | None) -> None:
+    def __init__(self, spec: ModelSpec, weights: str | None, codec: CodecStage | None = None) -> None:
         self.spec = spec
+        self.codec = codec
         self.threads = configure_threads(spec.deployment)
         self.runner = build_runner(spec, Path(weights) if weights else None)
         self.runner.warm_up()
-        self._batch.set_max_batch_size(spec.batching.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(spec.batching.batch_wait_timeout_s)
+        b = spec.batching
+        self.batcher = DynamicBatcher(
+            self._run_batch, b.max_batch_size, b.batch_wait_timeout_s, b.max_concurrent_batches
+        )
         self.broken: str | None = None
         self.metrics = metrics.SegmenterMetrics(spec, self.runner.device, weights)
         self.runner.on_group = self.metrics.on_group
         self.metrics.update(self.runner)
 
     async def segment(self, prepared: PreparedImage) -> Segmentation:
-        result = await self._batch(prepared, time.perf_counter())
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return await self.batcher.submit((prepared, time.perf_counter()))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
-    async def _batch(
-        self, items: list[PreparedImage], queued_at: list[float]
-    ) -> list[Segmentation | Exception]:
+    async def segment_image(
+        self, body: bytes, content_type: str | None, options: SegmentOptions
+    ) -> SegmentResult:
+        """Fused topology: bytes in, encoded answer out, in one replica (one hop from the ingress)."""
+        if self.codec is None:
+            raise RuntimeError("segment_image needs the fused topology (this replica has no codec)")
+        # Decode and encode in worker threads (Pillow, numpy and zlib release the GIL), so the event
+        # loop keeps forming batches while they run.
+        prepared = await asyncio.to_thread(self.codec.prepare, body, content_type, options)
+        segmentation = await self.segment(prepared)
+        return await asyncio.to_thread(self.codec.encode, segmentation)
+
+    async def _run_batch(self, queued: list[tuple[PreparedImage, float]]) -> list[Segmentation | Exception]:
+        """One batch: (prepared image, time it was queued) pairs in, one result or error per item out."""
+        items = [item for item, _ in queued]
+        queued_at = [t for _, t in queued]
         # Work whose deadline already passed is dropped here, before it costs a forward pass.
         now = time.time()
         expired = [

@@ -465,10 +465,12 @@ def podmonitor_problems(podmonitor: dict[str, Any], rayservice: dict[str, Any]) 
 def replica_demands(config: dict[str, Any], repository: Any) -> dict[str, tuple[int, float, float]]:
     """Per deployment: (max replicas, CPUs per replica, GPUs per replica).
 
-    Mirrors how service/app.py names and sizes the deployments (``Ingress``, ``ImageCodec``,
-    ``Segmenter-<model>`` from the app args and models/repository.yaml), then applies Ray's own
+    Mirrors how service/app.py names and sizes the deployments (``Ingress``, ``ImageCodec`` in the
+    split topology only, ``Segmenter-<model>`` from the app args and models/repository.yaml), then
+    applies Ray's own
     ``deployments:`` overrides, whose ``ray_actor_options`` replaces the code's (unset num_cpus = 1).
     """
+    from service.app import resolve_topology
     from service.config import parse_app_settings
 
     demands: dict[str, tuple[int, float, float]] = {}
@@ -476,9 +478,10 @@ def replica_demands(config: dict[str, Any], repository: Any) -> dict[str, tuple[
         args = parse_app_settings(app.get("args"))
         ingress, codec = args.ingress, args.codec
         demands["Ingress"] = (ingress.num_replicas, ingress.num_cpus, 0.0)
-        codec_max = codec.autoscaling.max_replicas if codec.autoscaling else codec.num_replicas
-        demands["ImageCodec"] = (codec_max, codec.num_cpus, 0.0)
         names = args.models if args.models is not None else repository.names()
+        if resolve_topology(args, [repository.get(n) for n in names]) == "split":
+            codec_max = codec.autoscaling.max_replicas if codec.autoscaling else codec.num_replicas
+            demands["ImageCodec"] = (codec_max, codec.num_cpus, 0.0)
         for model in names:
             d = repository.get(model).deployment
             count = d.autoscaling.max_replicas if d.autoscaling else d.num_replicas

@@ -39,6 +39,8 @@ MODEL = "unet-shapes"
 SEGMENTER = f"Segmenter-{MODEL}"
 TIMEOUT_S = 120
 GRACEFUL = "--crash" not in sys.argv  # --crash: the node's processes are killed without notice
+# The GPU layout (a codec deployment on the head, segmenters on the GPU workers) unless --fused.
+TOPOLOGY = "fused" if "--fused" in sys.argv else "split"
 FAST_DETECTION = "--default-detection" not in sys.argv
 FAST_NODE_FAILURE_DETECTION = {
     "health_check_initial_delay_ms": 0,
@@ -123,7 +125,7 @@ def main() -> dict:
         with temp_repository(
             "multinode", deployment={"num_replicas": 2, "num_cpus": 0, "num_gpus": 1, "device": "cpu"}
         ) as repository_path:
-            args = light_args(repository_path)
+            args = light_args(repository_path, topology=TOPOLOGY)
             args.pop("codec"), args.pop("ingress")  # the defaults need CPU: they stay on the head node
             serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)
             wait_for(
@@ -138,9 +140,10 @@ def main() -> dict:
         summary["spread_over_workers"] = (
             set(placement[SEGMENTER]) == worker_ids and len(placement[SEGMENTER]) == 2
         )
-        summary["ingress_and_codec_on_head"] = placement["Ingress"] == [head_id] and placement[
-            "ImageCodec"
-        ] == [head_id]
+        summary["topology"] = TOPOLOGY
+        summary["ingress_and_codec_on_head"] = placement["Ingress"] == [head_id] and placement.get(
+            "ImageCodec", [head_id]
+        ) == [head_id]
 
         bodies = [png_bytes(make_sample(300 + i, (96, 128)).image) for i in range(4)]
         expected = [direct_labels(repository, MODEL, b) for b in bodies]

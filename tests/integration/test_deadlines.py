@@ -83,9 +83,8 @@ def prepared(spec: ModelSpec, deadline: float | None, request_id: str):
 
 
 def unbatched(segmenter):
-    """``Segmenter._batch`` without ``@serve.batch`` (which needs a replica context): one list in, one out."""
-    batch = type(segmenter).__dict__["_batch"].__wrapped__
-    return lambda items: asyncio.run(batch(segmenter, items, [time.perf_counter()] * len(items)))
+    """``Segmenter._run_batch`` called directly, without the batcher: one list in, one out."""
+    return lambda items: asyncio.run(segmenter._run_batch([(it, time.perf_counter()) for it in items]))
 
 
 def test_segmenter_skips_the_forward_for_items_whose_deadline_passed(repository):

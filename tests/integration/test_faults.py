@@ -61,15 +61,22 @@ def check_results(outcomes, expected) -> None:
         np.testing.assert_array_equal(result.labels, expected[i])
 
 
-def session_healthy(service) -> bool:
-    deployments = {f"Segmenter-{MODEL}": 1, "Ingress": 1, "ImageCodec": 1}
+def shipped_replicas(repository) -> int:
+    return repository.get(MODEL).deployment.num_replicas
+
+
+def session_healthy(service, repository) -> bool:
+    """Every deployment of the shipped (fused, CPU) topology at its configured replica count."""
+    deployments = {f"Segmenter-{MODEL}": shipped_replicas(repository), "Ingress": 1}
     return app_is_healthy(service.url, SESSION_APP, deployments)
 
 
-def test_killed_segmenter_replica_is_replaced_and_no_request_is_lost(service, images):
+def test_killed_segmenter_replica_is_replaced_and_no_request_is_lost(service, repository, images):
     bodies, expected = images
-    assert session_healthy(service)
-    [(victim, victim_pid)] = segmenter_replicas().items()
+    assert session_healthy(service, repository)
+    replicas = segmenter_replicas()
+    assert len(replicas) == shipped_replicas(repository)
+    victim, victim_pid = sorted(replicas.items())[0]
     raw_http = service.http(timeout=120)
     http_client = HttpClient(service.url, timeout_s=120, retry_policy=RETRIES)
     grpc_client = GrpcClient(service.grpc_target, timeout_s=120, retry_policy=RETRIES)
@@ -105,7 +112,7 @@ def test_killed_segmenter_replica_is_replaced_and_no_request_is_lost(service, im
 
         def replaced() -> bool:
             now = segmenter_replicas()
-            return len(now) == 1 and victim not in now and session_healthy(service)
+            return len(now) == len(replicas) and victim not in now and session_healthy(service, repository)
 
         wait_for(replaced, READY_TIMEOUT_S, what="segmenter replaced and service ready")
         recovery_s = time.monotonic() - killed_at
@@ -127,8 +134,8 @@ def test_killed_segmenter_replica_is_replaced_and_no_request_is_lost(service, im
     assert after, "no requests were served after the recovery"
     assert len(http_load.records) + len(grpc_load.records) >= 10
     assert recovery_s < RECOVERY_BOUND_S, recovery_s
-    [(new_id, new_pid)] = segmenter_replicas().items()
-    assert new_id != victim and new_pid != victim_pid
+    now = segmenter_replicas()
+    assert victim not in now and victim_pid not in now.values() and len(now) == len(replicas)
 
 
 def test_redeploy_with_a_changed_config_fails_no_request(service, images):

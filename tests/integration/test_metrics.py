@@ -353,7 +353,7 @@ def test_batches_larger_than_one_under_concurrent_load(traffic):
         assert traffic.delta("ray_seg_batch_pixels_count", model=model) == passes
 
 
-def test_gauges_in_flight_memory_and_model_ready(service, traffic):
+def test_gauges_in_flight_memory_and_model_ready(service, traffic, repository):
     def in_flight() -> dict[tuple[str, str], float]:
         series: dict[tuple[str, str], float] = collections.Counter()
         for s in scrape(service).select("ray_seg_requests_in_flight"):
@@ -370,13 +370,18 @@ def test_gauges_in_flight_memory_and_model_ready(service, traffic):
     assert wanted <= set(series) and not any(series.values()), series
     for model in traffic.models:
         info = traffic.infos[model]
-        [ready] = traffic.after.select("ray_seg_model_ready", model=model)
-        assert ready.value == 1
-        assert ready.labels["weights_digest"] == info["weights_digest"]
-        assert ready.labels["version"] == info["version"] and ready.labels["task"] == info["task"]
-        [memory] = traffic.after.select("ray_seg_device_memory_bytes", model=model)
-        [peak] = traffic.after.select("ray_seg_device_memory_peak_bytes", model=model)
-        assert memory.value > 10e6 and peak.value > 10e6 and memory.labels["device"] in {"cpu", "cuda"}
+        replicas = repository.get(model).deployment.num_replicas
+        readies = traffic.after.select("ray_seg_model_ready", model=model)
+        assert len(readies) == replicas  # one series per replica
+        for ready in readies:
+            assert ready.value == 1
+            assert ready.labels["weights_digest"] == info["weights_digest"]
+            assert ready.labels["version"] == info["version"] and ready.labels["task"] == info["task"]
+        memories = traffic.after.select("ray_seg_device_memory_bytes", model=model)
+        peaks = traffic.after.select("ray_seg_device_memory_peak_bytes", model=model)
+        assert len(memories) == len(peaks) == replicas
+        for memory, peak in zip(memories, peaks, strict=True):
+            assert memory.value > 10e6 and peak.value > 10e6 and memory.labels["device"] in {"cpu", "cuda"}
 
 
 def test_every_metric_of_the_dashboard_and_alerts_exists(traffic):
@@ -415,7 +420,7 @@ def lines_with(request_id: str) -> dict[str, list[str]]:
 def test_request_id_in_every_deployments_log_lines(traffic, protocol):
     model = traffic.models[0]
     request_id = traffic.traced[f"{protocol}-{model}"]
-    wanted = {"Ingress", "ImageCodec", f"Segmenter-{model}"}
+    wanted = {"Ingress", f"Segmenter-{model}"}  # the session app is fused: no ImageCodec deployment
     deadline = time.monotonic() + 20
     while not wanted <= set(found := lines_with(request_id)) and time.monotonic() < deadline:
         time.sleep(1)

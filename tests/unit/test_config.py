@@ -73,3 +73,35 @@ def test_app_args_are_strict():
     assert parse_app_settings({"limits": {"max_body_bytes": 10}}).limits.max_body_bytes == 10
     with pytest.raises(ConfigError, match="max_body_byte"):
         parse_app_settings({"limits": {"max_body_byte": 10}})
+
+
+# --- topology -------------------------------------------------------------------------------------
+
+
+def _spec_with(repository, **deployment):
+    spec = repository.get("unet-shapes")
+    return spec.model_copy(update={"deployment": spec.deployment.model_copy(update=deployment)})
+
+
+@pytest.mark.parametrize(
+    ("topology", "deployments", "expected"),
+    [
+        ("auto", [{}], "fused"),  # the shipped models: CPU
+        ("auto", [{"device": "cpu", "num_gpus": 0.5}], "fused"),  # pinned to CPU whatever it holds
+        ("auto", [{}, {"num_gpus": 0.25}], "split"),  # one model on a GPU is enough
+        ("auto", [{"device": "cuda"}], "split"),
+        ("split", [{}], "split"),
+        ("fused", [{"num_gpus": 1}], "fused"),  # said explicitly: obeyed
+    ],
+)
+def test_topology_auto_fuses_the_codec_only_when_every_model_runs_on_cpu(topology, deployments, expected):
+    from service.app import resolve_topology
+
+    repository = load_repository(ROOT / "models" / "repository.yaml")
+    specs = [_spec_with(repository, **d) for d in deployments]
+    assert resolve_topology(parse_app_settings({"topology": topology}), specs) == expected
+
+
+def test_an_unknown_topology_is_refused():
+    with pytest.raises(ConfigError, match="topology"):
+        parse_app_settings({"topology": "merged"})

@@ -1,0 +1,93 @@
+"""Both topologies serve the same answers: the session app (shipped config on CPU: fused, no codec
+deployment) and an extra application "split" with ``topology: split`` (an ImageCodec deployment, the
+GPU layout), over HTTP and gRPC, against the direct model call; a bad image gets the same error from
+either; and the split app's graph really has its codec.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import grpc
+import numpy as np
+import pytest
+
+from service.generated.segmentation.v1 import segmentation_pb2 as pb
+from service.imaging.encode import decode_label_png
+from service.training.shapes import make_sample
+from tests.conftest import png_bytes
+from tests.integration.apps import MODEL, SESSION_APP, extra_app, light_args, temp_repository
+from tests.integration.helpers import direct_labels
+
+pytestmark = pytest.mark.integration
+APP = "split"
+
+
+@pytest.fixture(scope="module")
+def split_app(service):
+    with (
+        temp_repository(APP, deployment={"num_cpus": 0, "num_replicas": 1}) as path,
+        extra_app(service, APP, light_args(path, topology="split")) as url,
+    ):
+        yield url
+
+
+def deployments_of(app: str) -> set[str]:
+    from ray import serve
+
+    return set(serve.status().applications[app].deployments)
+
+
+def test_the_session_app_is_fused_and_the_split_app_has_its_codec(service, split_app):
+    assert deployments_of(SESSION_APP) == {"Ingress", "Segmenter-unet-shapes", "Segmenter-panoptic-shapes"}
+    assert deployments_of(APP) == {"Ingress", "ImageCodec", f"Segmenter-{MODEL}"}
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_both_topologies_answer_the_direct_model_call_over_http(service, split_app, repository, seed):
+    body = png_bytes(make_sample(seed, (120, 160)).image)
+    expected = direct_labels(repository, MODEL, body)
+    with service.http() as client:
+        for base in (service.url, split_app):
+            r = client.post(
+                f"{base}/v1/models/{MODEL}/segment", content=body, headers={"content-type": "image/png"}
+            )
+            assert r.status_code == 200, r.text
+            np.testing.assert_array_equal(
+                decode_label_png(base64.b64decode(r.json()["mask"]["data"])), expected
+            )
+
+
+def test_both_topologies_answer_the_direct_model_call_over_grpc(service, split_app, repository):
+    body = png_bytes(make_sample(13, (100, 90)).image)
+    expected = direct_labels(repository, MODEL, body)
+    stub = service.grpc_stub()
+    for app in (SESSION_APP, APP):
+        response = stub.Segment(
+            pb.SegmentRequest(model=MODEL, image=body, content_type="image/png"),
+            metadata=[("application", app)],
+            timeout=60,
+        )
+        np.testing.assert_array_equal(decode_label_png(response.mask_png), expected)
+
+
+def test_a_bad_image_gets_the_same_error_from_both_topologies(service, split_app):
+    truncated = png_bytes(make_sample(14, (64, 64)).image)[:100]
+    with service.http() as client:
+        answers = [
+            client.post(
+                f"{base}/v1/models/{MODEL}/segment", content=truncated, headers={"content-type": "image/png"}
+            )
+            for base in (service.url, split_app)
+        ]
+    assert [r.status_code for r in answers] == [400, 400]
+    assert {r.json()["error"]["code"] for r in answers} == {"invalid_image"}
+    stub = service.grpc_stub()
+    for app in (SESSION_APP, APP):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Segment(
+                pb.SegmentRequest(model=MODEL, image=truncated, content_type="image/png"),
+                metadata=[("application", app)],
+                timeout=60,
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
