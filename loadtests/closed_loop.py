@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from loadtests import proc_cpu
 from loadtests.common import STAGES, Checked, TestImage, check_grpc_answer, check_http_answer
 
 SERVER_STAGES = tuple(s for s in STAGES if s != "total")
@@ -147,9 +148,11 @@ async def run_point(
     await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
     cpu0, wall0 = time.process_time(), time.perf_counter()
     busy0, total0 = _cpu_busy()
+    procs0 = await asyncio.to_thread(proc_cpu.snapshot)  # in a thread: the senders keep sending
     await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
     cpu1, wall1 = time.process_time(), time.perf_counter()
     busy1, total1 = _cpu_busy()
+    procs1 = await asyncio.to_thread(proc_cpu.snapshot)
     _done, pending = await asyncio.wait(tasks, timeout=drain_s)
     for task in pending:
         task.cancel()
@@ -159,6 +162,9 @@ async def run_point(
     result["client_cpu_fraction"] = (cpu1 - cpu0) / max(wall1 - wall0, 1e-9)
     result["machine_cpu_busy_fraction"] = (busy1 - busy0) / max(total1 - total0, 1e-9)
     result["in_flight_at_end"] = len(pending)
+    # CPU per completed request by process role (proxies, Ingress, Segmenter-<model>, ...): only
+    # meaningful when the service runs on this machine.
+    result["cpu_ms_per_request"] = proc_cpu.per_request_ms(proc_cpu.cpu_by_role(procs0, procs1), len(window))
     return result
 
 

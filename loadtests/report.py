@@ -181,6 +181,7 @@ def markdown(results: dict[str, Any]) -> str:
             "total minus the stages (calls between deployments, object store); outside = client latency "
             "minus the ingress total (proxy, HTTP/gRPC, serialization).",
         ]
+        lines += cpu_table(served)
         errors = [p for p in served if p["errors"]]
         if errors:
             lines += ["", "Errors:", ""]
@@ -205,6 +206,45 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("plots"):
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in results["plots"]] + [""]
     return "\n".join(lines)
+
+
+def cpu_table(served: list[dict[str, Any]]) -> list[str]:
+    """CPU ms per request by process role, at each model and protocol's highest-throughput point."""
+    tops: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in served:
+        key = (p["model"], p["protocol"])
+        if p.get("cpu_ms_per_request") and (
+            key not in tops or p["throughput_rps"] > tops[key]["throughput_rps"]
+        ):
+            tops[key] = p
+    if not tops:
+        return []
+    roles: dict[str, float] = {}
+    for p in tops.values():
+        for role, ms in p["cpu_ms_per_request"].items():
+            roles[role] = roles.get(role, 0.0) + ms
+    columns = [r for r, _ in sorted(roles.items(), key=lambda kv: -kv[1])]
+    lines = [
+        "",
+        "## Where the CPU goes (ms of CPU per request, by process, at each line's best throughput)",
+        "",
+        "| model | protocol | c | req/s | " + " | ".join(columns) + " | all |",
+        "|---|---|---:|---:|" + "---:|" * (len(columns) + 1),
+    ]
+    for (model, protocol), p in tops.items():
+        ms = p["cpu_ms_per_request"]
+        cells = " | ".join(_f(ms.get(r)) for r in columns)
+        lines.append(
+            f"| {model} | {protocol} | {p['concurrency']} | {_f(p['throughput_rps'], 2)} | {cells} "
+            f"| {_f(sum(ms.values()))} |"
+        )
+    lines += [
+        "",
+        "From each process's CPU time before and after the measured window (`loadtests/proc_cpu.py`), "
+        "divided by the requests completed in it. Segmenter columns include the model; all segmenter "
+        "replicas of a deployment are summed; `load generator` is the benchmark's client.",
+    ]
+    return lines
 
 
 def plots(results: dict[str, Any], stem: Path) -> list[str]:

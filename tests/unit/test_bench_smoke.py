@@ -233,6 +233,9 @@ def test_closed_loop_http_counts_successes_and_failures(images):
     assert row["mean_batch_size"] == pytest.approx(2.0)
     assert row["stage_mean_ms"]["hops"] == pytest.approx(0.9)  # total 6 - the stages' 5.1
     assert row["outside_server_ms"] is not None
+    # the mock transport answers inside this process: its CPU is the load generator's
+    assert set(row["cpu_ms_per_request"]) >= {"load generator"}
+    assert row["cpu_ms_per_request"]["load generator"] > 0
 
 
 class FakeSegmentation(pb_grpc.SegmentationServicer):
@@ -343,6 +346,7 @@ def test_report_json_markdown_and_plots(tmp_path):
                    (("a", 1, 10.0), ("a", 4, 16.0), ("null", 1, 30.0), ("null", 4, 40.0))],
         "metrics": {"mean_batch_size": {"ray_seg_batch_size": {"model=a": 1.0}}},
     }  # fmt: skip
+    results["served"][1]["cpu_ms_per_request"] = {"Segmenter-a": 30.0, "Ingress": 7.5, "proxies": 4.0}
     paths = report.write(results, tmp_path / "2026-01-01-t")
     data = json.loads((tmp_path / "2026-01-01-t.json").read_text())
     head = data["headline"]["a"]["http"]
@@ -353,6 +357,9 @@ def test_report_json_markdown_and_plots(tmp_path):
     md = (tmp_path / "2026-01-01-t.md").read_text()
     assert "## Headline" in md and "| a | http | 20.00 (1x1, b1) | 16.00 (c=4) | 0.80 |" in md
     assert "Skipped models: gone" in md and "Quick smoke run" in md
+    # CPU by process, at the best point of the one line that has it (a, http, c=4): largest first
+    assert "| model | protocol | c | req/s | Segmenter-a | Ingress | proxies | all |" in md
+    assert "| a | http | 4 | 16.00 | 30.0 | 7.5 | 4.0 | 41.5 |" in md
     for kind in ("throughput", "p99", "ratio"):
         with Image.open(paths[f"2026-01-01-t-{kind}"]) as png:
             assert png.format == "PNG" and png.size[0] > 300
