@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "unet-shapes"
 SESSION_APP = "segmentation"
 READY_TIMEOUT_S = 120
+# Set in the environment before the session's Ray starts, so every Ray worker inherits it, as workers
+# inherit a pod's env from a Kubernetes Secret; only applications that name it (api_keys_env) use it.
+API_KEYS_ENV = "SEGSERVE_TEST_API_KEYS"
+ENV_API_KEYS = ("env-key-0ne", "env-key-two")
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.25, what: str = "") -> Any:

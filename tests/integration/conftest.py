@@ -63,8 +63,10 @@ def service():
     from ray import serve
 
     from service.local import deploy, start_local
+    from tests.integration.apps import API_KEYS_ENV, ENV_API_KEYS
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ[API_KEYS_ENV] = ",".join(ENV_API_KEYS)  # inherited by the Ray workers started below
     svc = Service(free_port(), free_port(), free_port())
     start_local(
         port=svc.http_port,

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
+from service.api.errors import RETRY_AFTER_S
 from service.client import ClientError, HttpClient, RetryPolicy
 from service.config import load_repository
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
@@ -159,3 +160,64 @@ def test_the_overload_app_recovers_once_the_flood_is_over(service, overload):
         r = c.post(f"/{APP}/v1/models/{MODEL}/segment", content=png_bytes(make_sample(1, (64, 64)).image))
         assert r.status_code == 200
         assert c.get(f"/{APP}/readyz").status_code == 200
+
+
+# --- the ingress's own queue ------------------------------------------------------------------------
+# Past the ingress's bounds Ray's proxies refuse before our code runs; ``backpressure_config`` in
+# service/app.py makes that 503 carry Retry-After like ours. Application "ingress-overload": the
+# ingress takes 1 request and queues 1 more; the segmenter (max_ongoing_requests 128) never refuses.
+
+INGRESS_APP = "ingress-overload"
+
+
+@pytest.fixture(scope="module")
+def ingress_overload(service):
+    with temp_repository(
+        INGRESS_APP,
+        name=MODEL,
+        input={"mode": "pad"},
+        deployment={"num_cpus": 0, "max_ongoing_requests": 128},
+    ) as repository:
+        args = light_args(repository)
+        args["ingress"] = {**args["ingress"], "max_ongoing_requests": 1, "max_queued_requests": 1}
+        with extra_app(service, INGRESS_APP, args) as url:
+            yield url
+
+
+def test_a_full_ingress_queue_gets_503_with_retry_after_from_the_proxy(
+    service, ingress_overload, expected, bodies
+):
+    with service.http() as c:
+        path = f"/{INGRESS_APP}/v1/models/{MODEL}/segment"
+        answers = flood(lambda b: c.post(path, content=b, headers={"content-type": "image/png"}), bodies)
+    statuses = [r.status_code for _, r, _ in answers]
+    print(f"HTTP flood on the ingress: {statuses.count(200)} answered, {statuses.count(503)} refused")
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert statuses.count(503) >= 5 and statuses.count(200) >= 2, statuses
+    for i, r, elapsed in answers:
+        if r.status_code == 503:
+            assert elapsed < REFUSED_WITHIN_S, elapsed
+            assert r.headers.get("retry-after") == str(RETRY_AFTER_S), dict(r.headers)
+        else:
+            np.testing.assert_array_equal(
+                decode_label_png(base64.b64decode(r.json()["mask"]["data"])), expected(bodies[i])
+            )
+
+
+def test_a_full_ingress_queue_gets_resource_exhausted_over_grpc(service, ingress_overload, bodies):
+    stub = service.grpc_stub()
+    meta = [("application", INGRESS_APP)]
+
+    def send(body: bytes):
+        try:
+            return stub.Segment(pb.SegmentRequest(model=MODEL, image=body), timeout=60, metadata=meta)
+        except grpc.RpcError as e:
+            return e
+
+    answers = flood(send, bodies)
+    codes = [a.code() if isinstance(a, grpc.RpcError) else grpc.StatusCode.OK for _, a, _ in answers]
+    refused = [(a, elapsed) for _, a, elapsed in answers if isinstance(a, grpc.RpcError)]
+    print(f"gRPC flood on the ingress: {codes.count(grpc.StatusCode.OK)} answered, {len(refused)} refused")
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
+    assert len(refused) >= 5 and codes.count(grpc.StatusCode.OK) >= 2, codes
+    assert all(elapsed < REFUSED_WITHIN_S for _, elapsed in refused)

@@ -1,4 +1,5 @@
-"""API keys over HTTP and gRPC on an application deployed with ``api_keys_file``; no pickle from the wire.
+"""API keys over HTTP and gRPC on an application deployed with ``api_keys_file`` and ``api_keys_env``
+(keys from both are accepted); no pickle from the wire.
 
 The keyed application ("secure", at /secure) is deployed next to the session's open one and deleted
 afterwards. With two applications, gRPC calls name theirs in the ``application`` metadata.
@@ -16,24 +17,33 @@ from service.client import ClientError, GrpcClient, HttpClient
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from service.training.shapes import make_sample
 from tests.conftest import png_bytes
-from tests.integration.apps import MODEL, SESSION_APP, extra_app, light_args, temp_repository
+from tests.integration.apps import (
+    API_KEYS_ENV,
+    ENV_API_KEYS,
+    MODEL,
+    SESSION_APP,
+    extra_app,
+    light_args,
+    temp_repository,
+)
 
 pytestmark = pytest.mark.integration
 APP = "secure"
-KEYS = ("k3y-0ne-with-some-length", "second-key")
+FILE_KEYS = ("k3y-0ne-with-some-length", "second-key")
+KEYS = FILE_KEYS + ENV_API_KEYS
 GOOD = png_bytes(make_sample(8, (64, 96)).image)
 
 
 @pytest.fixture(scope="module")
 def secure(service, tmp_path_factory):
-    """The keyed application: yields its base URL. Keys in a file, one per line (blank lines ignored)."""
+    """The keyed application: yields its base URL. Keys in a file, one per line (blank lines ignored),
+    and in an env var (comma-separated) that the Ray workers inherited (tests/integration/conftest.py)."""
     keys_file = tmp_path_factory.mktemp("keys") / "api-keys"
-    keys_file.write_text(f"  {KEYS[0]}  \n\n{KEYS[1]}\n")
-    with (
-        temp_repository(APP, deployment={"num_cpus": 0}) as repository,
-        extra_app(service, APP, light_args(repository, api_keys_file=str(keys_file))) as url,
-    ):
-        yield url
+    keys_file.write_text(f"  {FILE_KEYS[0]}  \n\n{FILE_KEYS[1]}\n")
+    with temp_repository(APP, deployment={"num_cpus": 0}) as repository:
+        args = light_args(repository, api_keys_file=str(keys_file), api_keys_env=API_KEYS_ENV)
+        with extra_app(service, APP, args) as url:
+            yield url
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -68,7 +78,7 @@ def test_http_refuses_without_a_valid_key(service, secure, what, headers):
             assert r.headers["www-authenticate"] == "Bearer"
             error = r.json()["error"]
             assert error["code"] == "unauthenticated" and error["message"] and error["request_id"]
-            assert KEYS[0] not in r.text and KEYS[1] not in r.text
+            assert not any(key in r.text for key in KEYS)
 
 
 def test_http_accepts_each_configured_key(service, secure):
@@ -87,7 +97,7 @@ def test_http_health_endpoints_stay_open(service, secure):
 
 
 def test_the_client_library_sends_the_key_and_does_not_retry_a_401(service, secure):
-    with HttpClient(secure, api_key=KEYS[1], timeout_s=60) as client:
+    with HttpClient(secure, api_key=ENV_API_KEYS[1], timeout_s=60) as client:
         assert client.segment(GOOD, model=MODEL).labels.shape == (64, 96)
     with HttpClient(secure, api_key="wrong", timeout_s=60) as client, pytest.raises(ClientError) as e:
         client.segment(GOOD, model=MODEL)
