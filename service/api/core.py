@@ -1,9 +1,9 @@
 """The protocol-agnostic core that both the HTTP routes and the gRPC methods call.
 
 It validates, routes by model name, enforces the deadline and calls the model's segmenter: in the
-fused topology (``codec`` is None) one call, ``segmenter.segment_image``; in the split topology the
-chained handle calls codec.prepare -> segmenter.segment -> codec.encode, so decoded pixels go from
-replica to replica through Ray's object store and never through the ingress.
+fused topology (``codec`` is None) one call, ``segmenter.segment_image``; in the split topology
+codec.prepare chained into segmenter.segment (decoded pixels go from replica to replica through Ray's
+object store, never through the ingress), then codec.encode with the label map.
 """
 
 from __future__ import annotations
@@ -143,15 +143,28 @@ class SegmentationCore:
         self.check_body(body)
         started = time.perf_counter()
         segmenter = self.segmenters[options.model]
-        if self.codec is None:
-            responses = (segmenter.segment_image.remote(body, content_type, options),)
-        else:
-            prepared = self.codec.prepare.remote(body, content_type, options)
-            segmented = segmenter.segment.remote(prepared)
-            responses = (prepared, segmented, self.codec.encode.remote(segmented))
+        responses: list[Any] = []  # every handle call made, to cancel them all on a timeout
+
+        async def fused() -> SegmentResult:
+            responses.append(segmenter.segment_image.remote(body, content_type, options))
+            return await responses[-1]
+
+        async def split() -> SegmentResult:
+            responses.append(prepared := self.codec.prepare.remote(body, content_type, options))
+            responses.append(segmented := segmenter.segment.remote(prepared))
+            # The label map comes back here (1 byte per pixel) instead of being chained into encode:
+            # when the segmenter's node crashed, Ray 2.60's router retried a chained encode call
+            # ("ImageCodec is temporarily unavailable") until the deadline, and the request was lost
+            # with a 504 in 2 of 5 runs (tests/integration/multinode_scenario.py --crash). Awaited
+            # here, the crash surfaces as ActorDiedError: a 503 the client retries.
+            segmentation = await segmented
+            responses.append(encoded := self.codec.encode.remote(segmentation))
+            return await encoded
+
         remaining = (options.deadline or self.deadline(None)) - time.time()
         try:
-            result = await asyncio.wait_for(_await(responses[-1]), timeout=max(remaining, 0.001))
+            chain = fused() if self.codec is None else split()
+            result = await asyncio.wait_for(chain, timeout=max(remaining, 0.001))
         except TimeoutError:
             for response in responses:
                 response.cancel()  # downstream replicas drop the work instead of finishing it

@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 import grpc
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 
 from service.errors import (
@@ -69,8 +69,10 @@ def to_service_error(error: BaseException) -> ServiceError:
     if isinstance(error, BackPressureError):
         return Overloaded("the service is at capacity; retry after a short wait")
     # A replica that died mid-request can surface wrapped, e.g. as the RayServeException "upstream actor
-    # died before finishing a dependent task" caused by the ActorDiedError: retryable, not a 500.
-    if any(isinstance(e, DeploymentUnavailableError | RayActorError) for e in _chain(error)):
+    # died before finishing a dependent task" caused by the ActorDiedError: retryable, not a 500. So is
+    # an intermediate result lost with its node (ObjectLostError and its OwnerDied/Reconstruction kin).
+    unavailable = DeploymentUnavailableError | RayActorError | ObjectLostError
+    if any(isinstance(e, unavailable) for e in _chain(error)):
         return Unavailable("a replica is unavailable (restarting or draining); retry")
     if isinstance(error, TimeoutError | asyncio.TimeoutError):
         return DeadlineExceeded("the request did not finish within its deadline")

@@ -1,5 +1,6 @@
 """Faults under load: a segmenter replica killed mid-run, a redeploy with a changed config, and a worker
-node removed from a 3-node cluster (``multinode_scenario.py``, in a subprocess with its own Ray).
+node removed from or crashed in a 3-node cluster (``multinode_scenario.py``, in a subprocess with its
+own Ray).
 
 Load comes from closed-loop clients: raw ones (no retries) record every status the service answers;
 the client library's ones (retries on 503 / UNAVAILABLE / RESOURCE_EXHAUSTED with backoff) must
@@ -213,12 +214,31 @@ def test_a_replica_death_wrapped_by_serve_is_classified_unavailable():
     assert http_headers(error) == {"Retry-After": "1"} and grpc_status(error) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_multinode_worker_node_removed_under_load():
-    """tests/integration/multinode_scenario.py in its own process (and its own Ray cluster of 3 nodes)."""
+@pytest.mark.parametrize("kind", ["ObjectLostError", "OwnerDiedError", "ObjectReconstructionFailedError"])
+def test_a_result_lost_with_its_node_is_classified_unavailable(kind):
+    """An intermediate result that lived on a crashed node: retryable 503 / UNAVAILABLE, not a 500."""
+    import ray.exceptions
+
+    from service.api.errors import grpc_status, to_service_error
+
+    error = to_service_error(getattr(ray.exceptions, kind)("ab" * 14, None, ""))
+    assert error.code == "unavailable" and error.http_status == 503
+    assert grpc_status(error) == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--crash"], ["--crash", "--fused"]],
+    ids=["removed-gracefully-split", "crashed-split", "crashed-fused"],
+)
+def test_multinode_worker_node_lost_under_load(flags):
+    """tests/integration/multinode_scenario.py in its own process (and its own Ray cluster of 3 nodes):
+    a worker node removed as Kubernetes deletes a pod (SIGTERM first), or crashed (SIGKILL), in the GPU
+    layout's split topology and the CPU's fused one."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "integration" / "multinode_scenario.py")],
+        [sys.executable, str(ROOT / "tests" / "integration" / "multinode_scenario.py"), *flags],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -228,6 +248,7 @@ def test_multinode_worker_node_removed_under_load():
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     print(f"multinode: {summary}")
+    assert summary["topology"] == ("fused" if "--fused" in flags else "split"), summary
     assert summary["spread_over_workers"] and summary["ingress_and_codec_on_head"], summary
     assert summary["client_calls"] >= 20 and summary["client_failures"] == [], summary
     assert summary["all_correct"], summary
