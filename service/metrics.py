@@ -182,6 +182,13 @@ DEVICE_MEMORY_PEAK = MetricSpec(
     "the process' peak RSS on the CPU.",
     ("model", "device"),
 )
+BATCH_QUEUE = MetricSpec(
+    "seg_batch_queue_length",
+    "gauge",
+    "Requests waiting in this segmenter replica's batcher for a forward pass, as each batch is formed "
+    "(after taking it) and at every health check.",
+    ("model",),
+)
 MODEL_READY = MetricSpec(
     "seg_model_ready",
     "gauge",
@@ -202,6 +209,7 @@ METRICS: tuple[MetricSpec, ...] = (
     IMAGE_PIXELS,
     BATCH_SIZE,
     BATCH_PIXELS,
+    BATCH_QUEUE,
     DEVICE_MEMORY,
     DEVICE_MEMORY_PEAK,
     MODEL_READY,
@@ -666,6 +674,9 @@ class SegmenterMetrics:
             _stage(self.model, "queue", max(queued, 0.0), self.sink)
             _stage(self.model, "forward", forward_s, self.sink)
             _stage(self.model, "postprocess", postprocess_s, self.sink)
+
+    def queue_length(self, waiting: int) -> None:
+        _record(BATCH_QUEUE, waiting, {"model": self.model}, self.sink)
 
     def update(self, runner: Any, healthy: bool = True) -> None:
         """Model-ready gauge and device memory (cheap: a few counters read from torch or the OS)."""

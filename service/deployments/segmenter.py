@@ -58,6 +58,7 @@ class Segmenter:
         """One batch: (prepared image, time it was queued) pairs in, one result or error per item out."""
         items = [item for item, _ in queued]
         queued_at = [t for _, t in queued]
+        self.metrics.queue_length(self.batcher.queued())
         # Work whose deadline already passed is dropped here, before it costs a forward pass.
         now = time.time()
         expired = [
@@ -88,5 +89,6 @@ class Segmenter:
 
     def check_health(self) -> None:
         self.metrics.update(self.runner, healthy=self.broken is None)  # periodic refresh of the gauges
+        self.metrics.queue_length(self.batcher.queued())
         if self.broken is not None:
             raise RuntimeError(f"model {self.spec.name!r} is broken: {self.broken}")

@@ -359,6 +359,9 @@ def test_segmenter_metrics_per_forward_pass(sink, tmp_path) -> None:
     assert 0 < in_use <= peak * 1.01  # RSS now vs peak RSS (ru_maxrss lags by a page or so)
     observer.update(runner, healthy=False)
     assert sink.gauges[key] == 0
+    observer.queue_length(5)
+    observer.queue_length(3)  # a gauge: the latest value
+    assert sink.gauges[sink.key("seg_batch_queue_length", model=spec.name)] == 3
 
 
 def test_batch_failure_names_every_request_id(caplog) -> None:
