@@ -108,9 +108,10 @@ def test_http_flood_gets_answers_or_503_with_retry_after(service, overload, expe
     assert replica_actors(APP) == replicas  # refusing is not crashing
 
 
-def test_grpc_flood_gets_answers_or_resource_exhausted(service, overload, expected, bodies):
+def grpc_flood(service, app: str, bodies: list[bytes]):
+    """``flood`` over gRPC to application ``app``: the answers (an RpcError where refused) and codes."""
     stub = service.grpc_stub()
-    meta = [("application", APP)]
+    meta = [("application", app)]
 
     def send(body: bytes):
         try:
@@ -120,6 +121,11 @@ def test_grpc_flood_gets_answers_or_resource_exhausted(service, overload, expect
 
     answers = flood(send, bodies)
     codes = [a.code() if isinstance(a, grpc.RpcError) else grpc.StatusCode.OK for _, a, _ in answers]
+    return answers, codes
+
+
+def test_grpc_flood_gets_answers_or_resource_exhausted(service, overload, expected, bodies):
+    answers, codes = grpc_flood(service, APP, bodies)
     ok = codes.count(grpc.StatusCode.OK)
     print(f"gRPC flood: {ok} answered, {len(codes) - ok} refused")
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
@@ -205,17 +211,7 @@ def test_a_full_ingress_queue_gets_503_with_retry_after_from_the_proxy(
 
 
 def test_a_full_ingress_queue_gets_resource_exhausted_over_grpc(service, ingress_overload, bodies):
-    stub = service.grpc_stub()
-    meta = [("application", INGRESS_APP)]
-
-    def send(body: bytes):
-        try:
-            return stub.Segment(pb.SegmentRequest(model=MODEL, image=body), timeout=60, metadata=meta)
-        except grpc.RpcError as e:
-            return e
-
-    answers = flood(send, bodies)
-    codes = [a.code() if isinstance(a, grpc.RpcError) else grpc.StatusCode.OK for _, a, _ in answers]
+    answers, codes = grpc_flood(service, INGRESS_APP, bodies)
     refused = [(a, elapsed) for _, a, elapsed in answers if isinstance(a, grpc.RpcError)]
     print(f"gRPC flood on the ingress: {codes.count(grpc.StatusCode.OK)} answered, {len(refused)} refused")
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, set(codes)
