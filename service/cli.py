@@ -10,8 +10,8 @@ from pathlib import Path
 DEFAULT_REPOSITORY = "models/repository.yaml"
 
 
-def _model_task(args: argparse.Namespace) -> str | None:
-    """The model's task (semantic or panoptic), or None after printing why it is unknown."""
+def _model(args: argparse.Namespace):
+    """(repository, spec) of ``--model``, or None after printing why it is unknown."""
     from service.config import load_repository
 
     repo = load_repository(args.repository)
@@ -19,23 +19,20 @@ def _model_task(args: argparse.Namespace) -> str | None:
     if spec is None:
         print(f"unknown model {args.model!r}; known: {', '.join(repo.names())}", file=sys.stderr)
         return None
-    return spec.task
+    return repo, spec
 
 
 def _train(args: argparse.Namespace) -> int:
-    task = _model_task(args)
-    if task is None:
+    found = _model(args)
+    if found is None:
         return 2
-    if task == "panoptic":
+    repo, spec = found
+    if spec.task == "panoptic":
         from service.training import panoptic
 
-        args.steps = args.steps or panoptic.TrainConfig.steps
-        return panoptic._train(args)
-    from service.config import load_repository
+        return panoptic.train_command(args, repo, spec)
     from service.training.semantic import TrainConfig, train
 
-    repo = load_repository(args.repository)
-    spec = repo.get(args.model)
     config = TrainConfig(
         steps=args.steps or TrainConfig.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads
     )
@@ -46,19 +43,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    task = _model_task(args)
-    if task is None:
+    found = _model(args)
+    if found is None:
         return 2
-    if task == "panoptic":
+    repo, spec = found
+    if spec.task == "panoptic":
         from service.training import panoptic
 
-        return panoptic._evaluate(args)
-    from service.config import load_repository
+        return panoptic.evaluate_command(args, repo, spec)
     from service.models.registry import load_model
     from service.training.semantic import evaluate, held_out_seeds
 
-    repo = load_repository(args.repository)
-    spec = repo.get(args.model)
     model = load_model(spec, repo.weights_path(spec))
     report = evaluate(model, spec, held_out_seeds(args.images), progress=True)
     print(json.dumps({"model": spec.name, "held_out": report.as_dict()}, indent=1))

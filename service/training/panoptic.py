@@ -7,15 +7,14 @@ same-class instances that touch or overlap are common, and validation reports PQ
 
 Classes: 0 background (stuff), 1 circle, 2 rectangle, 3 triangle (things), 4 stripes (stuff).
 
-Run: ``python -m service.training.panoptic train --model panoptic-shapes`` and
-``python -m service.training.panoptic evaluate --model panoptic-shapes --images 200``.
+Run: ``segserve train --model panoptic-shapes`` and
+``segserve evaluate --model panoptic-shapes --images 200`` (``service/cli.py`` sends panoptic models here).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,10 +27,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from service.config import ModelSpec, Repository, load_repository
+from service.config import ModelSpec, Repository
 from service.imaging.geometry import fit_to_policy, pad_value
 from service.models.panoptic_inference import PanopticRunner
 from service.models.registry import build_model, save_weights, to_model_input
+from service.training import checkpoint as checkpoints
 from service.training.metrics import IGNORE_INDEX
 from service.training.pq import (
     PQReport,
@@ -227,7 +227,7 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
         optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.15
     )
     checkpoint = checkpoint_dir / "last.pt"
-    start, history = _resume(checkpoint, config, model, optimizer, schedule)
+    start, history = checkpoints.resume(checkpoint, config, model, optimizer, schedule)
     validation = list(VALIDATION_SEEDS)[: config.val_images]
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train {spec.name}")
     started = time.monotonic()
@@ -251,7 +251,7 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
                 f"things {report.things.pq:.4f} stuff {report.stuff.pq:.4f}"
             )
         if done % config.checkpoint_every == 0 or done == config.steps:
-            _save_checkpoint(checkpoint, done, config, model, optimizer, schedule, history)
+            checkpoints.save(checkpoint, done, config, model, optimizer, schedule, history)
     model.eval()
     save_weights(model, weights_out, metadata={"model": spec.name, "steps": str(config.steps)})
     (weights_out.parent / "training.json").write_text(
@@ -274,53 +274,12 @@ def load_initial_weights(model: torch.nn.Module, weights: Path) -> list[str]:
     return sorted(set(own) - set(found))
 
 
-def _resume(checkpoint: Path, config: TrainConfig, model, optimizer, schedule) -> tuple[int, list[dict]]:
-    if not checkpoint.exists():
-        return 0, []
-    # weights_only=True: the checkpoint is a dict of tensors and numbers, never arbitrary pickle.
-    state = torch.load(checkpoint, weights_only=True)
-    if state["config"] != asdict(config):
-        raise SystemExit(f"{checkpoint} was written with another configuration; delete it to restart")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    print(f"resuming from step {state['step']}")
-    return state["step"], json.loads(state["history"])
+# --- ``segserve train`` / ``segserve evaluate`` for panoptic models (service/cli.py) ---------------
 
 
-def _save_checkpoint(
-    checkpoint: Path, step: int, config: TrainConfig, model, optimizer, schedule, history
-) -> None:
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "step": step,
-        "config": asdict(config),
-        "history": json.dumps(history),
-    }
-    torch.save(state, checkpoint.with_suffix(".tmp"))
-    checkpoint.with_suffix(".tmp").replace(checkpoint)  # atomic: a kill never leaves half a checkpoint
-
-
-# --- command line (the lead wires these into ``segserve train/evaluate`` for panoptic models) -------
-
-
-def _spec(repository: str, name: str) -> tuple[Repository, ModelSpec]:
-    repo = load_repository(repository)
-    spec = repo.get(name)
-    if spec is None:
-        raise SystemExit(f"unknown model {name!r}; known: {', '.join(repo.names())}")
-    if spec.task != "panoptic":
-        raise SystemExit(f"model {name!r} is a {spec.task} model, not panoptic")
-    return repo, spec
-
-
-def _train(args: argparse.Namespace) -> int:
-    repo, spec = _spec(args.repository, args.model)
+def train_command(args: argparse.Namespace, repo: Repository, spec: ModelSpec) -> int:
     config = TrainConfig(
-        steps=args.steps,
+        steps=args.steps or TrainConfig.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
@@ -332,10 +291,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def evaluate_command(args: argparse.Namespace, repo: Repository, spec: ModelSpec) -> int:
     from service.models.registry import load_model
 
-    repo, spec = _spec(args.repository, args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(spec, repo.weights_path(spec))
@@ -343,39 +301,3 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_pq(model, spec, held_out_seeds(args.images), out=out, progress=True)
     print(json.dumps({"model": spec.name, "held_out": report.as_dict()}, indent=1))
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service.training.panoptic", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a panoptic model on synthetic shapes (CPU)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--repository", default="models/repository.yaml")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--checkpoints", default="checkpoints", help="resumable checkpoints go here")
-    p.add_argument(
-        "--init-weights",
-        default=None,
-        help="start from these weights (a semantic U-Net's trunk, or a panoptic model)",
-    )
-    p.set_defaults(func=_train)
-    p = sub.add_parser("evaluate", help="PQ / SQ / RQ on the seeded held-out set, via COCO panoptic files")
-    p.add_argument("--model", required=True)
-    p.add_argument("--repository", default="models/repository.yaml")
-    p.add_argument("--images", type=int, default=200)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", default=None, help="keep the ground-truth and prediction files here")
-    p.set_defaults(func=_evaluate)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

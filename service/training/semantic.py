@@ -20,6 +20,7 @@ from tqdm import tqdm
 from service.config import ModelSpec
 from service.imaging.geometry import fit_to_policy, pad_value, restore_labels
 from service.models.registry import build_model, save_weights, to_model_input
+from service.training import checkpoint as checkpoints
 from service.training.metrics import IGNORE_INDEX, DatasetIoU, IoUReport
 from service.training.shapes import DEFAULT_SIZES, ShapesConfig, make_batch, make_sample
 
@@ -118,18 +119,7 @@ def train(
         optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.15
     )
     checkpoint = checkpoint_dir / "last.pt"
-    history: list[dict] = []
-    start = 0
-    if checkpoint.exists():
-        # weights_only=True: the checkpoint is a dict of tensors and numbers, never arbitrary pickle.
-        state = torch.load(checkpoint, weights_only=True)
-        if state["config"] != asdict(config):
-            raise SystemExit(f"{checkpoint} was written with another configuration; delete it to restart")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start, history = state["step"], json.loads(state["history"])
-        print(f"resuming from step {start}")
+    start, history = checkpoints.resume(checkpoint, config, model, optimizer, schedule)
     shapes = ShapesConfig()
     last = min(config.steps, stop_at or config.steps)
     bar = tqdm(range(start, last), initial=start, total=last, desc=f"train {spec.name}")
@@ -151,19 +141,7 @@ def train(
             history.append({"step": done, "loss": round(loss.item(), 4), **report.as_dict()})
             tqdm.write(f"step {done}: loss {loss.item():.4f} val mIoU {report.miou:.4f} {report.per_class}")
         if done % config.checkpoint_every == 0 or done == last:
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "step": done,
-                    "config": asdict(config),
-                    "history": json.dumps(history),
-                },
-                checkpoint.with_suffix(".tmp"),
-            )
-            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            checkpoints.save(checkpoint, done, config, model, optimizer, schedule, history)
     model.eval()
     save_weights(
         model,

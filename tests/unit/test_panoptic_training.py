@@ -17,7 +17,6 @@ from service.training.metrics import IGNORE_INDEX
 from service.training.panoptic import (
     TrainConfig,
     load_initial_weights,
-    main,
     panoptic_losses,
     panoptic_targets,
     train,
@@ -95,6 +94,8 @@ def test_initial_weights_come_from_a_semantic_trunk_or_a_panoptic_model(tmp_path
 
 
 def test_command_line_evaluates_the_shipped_model_through_coco_files(tmp_path, capsys):
+    from service.cli import main
+
     repository = str(Path(__file__).resolve().parents[2] / "models" / "repository.yaml")
     args = ["evaluate", "--model", "panoptic-shapes", "--repository", repository, "--images", "3"]
     assert main([*args, "--out", str(tmp_path)]) == 0
@@ -102,5 +103,5 @@ def test_command_line_evaluates_the_shipped_model_through_coco_files(tmp_path, c
     assert report["images"] == 3 and set(report) >= {"all", "things", "stuff", "per_class"}
     assert len(list((tmp_path / "pred" / "panoptic").glob("*.png"))) == 3
     assert json.loads((tmp_path / "gt" / "panoptic.json").read_text())["annotations"]
-    with pytest.raises(SystemExit, match="not panoptic"):
-        main(["train", "--model", "unet-shapes", "--repository", repository])
+    assert main(["evaluate", "--model", "no-such-model", "--repository", repository]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
