@@ -199,7 +199,7 @@ def run_raw(args, repository_path: Path, models: list[str], images) -> dict[str,
     out = {}
     for name in models:
         spec = repository.get(name)
-        replica_threads = spec.deployment.torch_threads or max(1, int(spec.deployment.num_cpus))
+        replica_threads = spec.deployment.threads  # what the served replicas run with
         if args.raw_layouts:
             layouts = raw.parse_layouts(args.raw_layouts)
         elif args.quick:

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from service.client.images import encode_array
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "models" / "repository.yaml"
 RESULTS_DIR = ROOT / "loadtests" / "results"
@@ -155,13 +157,19 @@ def real_image(name: str) -> np.ndarray:
     return _REAL_CACHE[name]
 
 
-def encode(image: np.ndarray, fmt: str, quality: int = 90) -> bytes:
+def jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
-    if fmt == "JPEG":
-        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    else:
-        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    """A table cell: floats to ``digits`` places, None as "-"."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
 def make_images(
@@ -178,12 +186,12 @@ def make_images(
             resized = np.asarray(
                 Image.fromarray(real_image(name)).resize((width, height), Image.Resampling.BILINEAR)
             )
-            images.append(TestImage(name, encode(resized, "JPEG"), "image/jpeg", width, height))
+            images.append(TestImage(name, jpeg(resized), "image/jpeg", width, height))
     rng = np.random.default_rng(seed)
     for i in range(synthetic):
         sample_seed = int(rng.integers(1 << 31))
         pixels = make_sample(sample_seed, (height, width)).image
-        images.append(TestImage(f"shapes-{i}", encode(pixels, "PNG"), "image/png", width, height))
+        images.append(TestImage(f"shapes-{i}", encode_array(pixels), "image/png", width, height))
     return images
 
 

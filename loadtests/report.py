@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from loadtests.common import fmt
+
 STAGE_COLUMNS = ("decode", "preprocess", "queue", "forward", "postprocess", "encode", "hops", "total")
 
 
@@ -64,14 +66,6 @@ def headline(results: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
-def _f(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     cfg = results["config"]
@@ -105,15 +99,15 @@ def markdown(results: dict[str, Any]) -> str:
         for model, protocols in head.items():
             for protocol, h in protocols.items():
                 raw_cell = (
-                    f"{_f(h.get('raw_best_ips'), 2)} ({h['raw_best_layout']}, b{h['raw_best_batch']})"
+                    f"{fmt(h.get('raw_best_ips'), 2)} ({h['raw_best_layout']}, b{h['raw_best_batch']})"
                     if "raw_best_ips" in h
                     else "-"
                 )
                 lines.append(
-                    f"| {model} | {protocol} | {raw_cell} | {_f(h['served_max_rps'], 2)} "
-                    f"(c={h['saturation_concurrency']}) | {_f(h.get('served_raw_ratio'), 2)} "
-                    f"| {_f(h['p50_low_ms'])} (c={h['lowest_concurrency']}) | {_f(h.get('raw_batch1_ms'))} "
-                    f"| {_f(h.get('p50_overhead_low_ms'))} | {h['errors']} |"
+                    f"| {model} | {protocol} | {raw_cell} | {fmt(h['served_max_rps'], 2)} "
+                    f"(c={h['saturation_concurrency']}) | {fmt(h.get('served_raw_ratio'), 2)} "
+                    f"| {fmt(h['p50_low_ms'])} (c={h['lowest_concurrency']}) | {fmt(h.get('raw_batch1_ms'))} "
+                    f"| {fmt(h.get('p50_overhead_low_ms'))} | {h['errors']} |"
                 )
         lines.append("")
     raw = results.get("raw", {})
@@ -137,9 +131,10 @@ def markdown(results: dict[str, Any]) -> str:
                         else ""
                     )
                     lines.append(
-                        f"| {model} | {lay['layout']} | {b['batch_size']} | {_f(b['images_per_s'], 2)}{mark} "
-                        f"| {_f(b['batch_ms_p50'])} | {_f(b['ms_per_image'])} | {_f(b['forward_ms_mean'])} "
-                        f"| {_f(b['postprocess_ms_mean'])} |"
+                        f"| {model} | {lay['layout']} | {b['batch_size']} "
+                        f"| {fmt(b['images_per_s'], 2)}{mark} | {fmt(b['batch_ms_p50'])} "
+                        f"| {fmt(b['ms_per_image'])} | {fmt(b['forward_ms_mean'])} "
+                        f"| {fmt(b['postprocess_ms_mean'])} |"
                     )
         lines.append("")
     served = results.get("served", [])
@@ -155,11 +150,11 @@ def markdown(results: dict[str, Any]) -> str:
             best = raw.get(p["model"], {}).get("best")
             ratio = p["throughput_rps"] / best["images_per_s"] if best else None
             lines.append(
-                f"| {p['protocol']} | {p['model']} | {p['concurrency']} | {_f(p['throughput_rps'], 2)} "
-                f"| {_f(p['p50_ms'])} | {_f(p['p95_ms'])} | {_f(p['p99_ms'])} | {p['errors']} "
-                f"| {_f(p.get('mean_batch_size'), 2)} | {_f(ratio, 2)} "
-                f"| {_f(100 * p.get('client_cpu_fraction', 0), 0)} % "
-                f"| {_f(100 * p.get('machine_cpu_busy_fraction', 0), 0)} % |"
+                f"| {p['protocol']} | {p['model']} | {p['concurrency']} | {fmt(p['throughput_rps'], 2)} "
+                f"| {fmt(p['p50_ms'])} | {fmt(p['p95_ms'])} | {fmt(p['p99_ms'])} | {p['errors']} "
+                f"| {fmt(p.get('mean_batch_size'), 2)} | {fmt(ratio, 2)} "
+                f"| {fmt(100 * p.get('client_cpu_fraction', 0), 0)} % "
+                f"| {fmt(100 * p.get('machine_cpu_busy_fraction', 0), 0)} % |"
             )
         lines += [
             "",
@@ -170,10 +165,10 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for p in served:
             stages = p.get("stage_mean_ms", {})
-            cells = " | ".join(_f(stages.get(s)) for s in STAGE_COLUMNS)
+            cells = " | ".join(fmt(stages.get(s)) for s in STAGE_COLUMNS)
             lines.append(
                 f"| {p['protocol']} | {p['model']} | {p['concurrency']} | {cells} "
-                f"| {_f(p.get('outside_server_ms'))} | {_f(p.get('mean_ms'))} |"
+                f"| {fmt(p.get('outside_server_ms'))} | {fmt(p.get('mean_ms'))} |"
             )
         lines += [
             "",
@@ -233,10 +228,10 @@ def cpu_table(served: list[dict[str, Any]]) -> list[str]:
     ]
     for (model, protocol), p in tops.items():
         ms = p["cpu_ms_per_request"]
-        cells = " | ".join(_f(ms.get(r)) for r in columns)
+        cells = " | ".join(fmt(ms.get(r)) for r in columns)
         lines.append(
-            f"| {model} | {protocol} | {p['concurrency']} | {_f(p['throughput_rps'], 2)} | {cells} "
-            f"| {_f(sum(ms.values()))} |"
+            f"| {model} | {protocol} | {p['concurrency']} | {fmt(p['throughput_rps'], 2)} | {cells} "
+            f"| {fmt(sum(ms.values()))} |"
         )
     lines += [
         "",

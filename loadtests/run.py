@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(ROOT))
 
-from loadtests.common import DEFAULT_IMAGE_SIZES, TMP_DIR  # noqa: E402
+from loadtests.common import DEFAULT_IMAGE_SIZES, STAGES, TMP_DIR, fmt  # noqa: E402
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 USER_CLASSES = {"http": "SegmentHttpUser", "grpc": "SegmentGrpcUser"}
@@ -249,14 +249,6 @@ def summarize(args: argparse.Namespace, prefix: Path, latency_json: Path, return
     }
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# Load test {summary['started']}",
@@ -274,9 +266,9 @@ def markdown(summary: dict[str, Any]) -> str:
     for r in [*summary["rows"], summary["total"]]:
         lines.append(
             f"| {r['type']} | {r['name']} | {r['requests']} | {r['failures']} "
-            f"| {_fmt(r['requests_per_s'], 2)} "
-            f"| {_fmt(r.get('mean_ms'))} | {_fmt(r.get('p50_ms'))} | {_fmt(r.get('p95_ms'))} "
-            f"| {_fmt(r.get('p99_ms'))} | {_fmt(r.get('max_ms'))} |"
+            f"| {fmt(r['requests_per_s'], 2)} "
+            f"| {fmt(r.get('mean_ms'))} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p95_ms'))} "
+            f"| {fmt(r.get('p99_ms'))} | {fmt(r.get('max_ms'))} |"
         )
     lines += [
         "",
@@ -285,7 +277,7 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     stage_rows = [r for r in summary["rows"] if r.get("stage_mean_ms")]
     if stage_rows:
-        stages = ["decode", "preprocess", "queue", "forward", "postprocess", "encode", "total"]
+        stages = STAGES
         lines += [
             "",
             "Mean server-side stage timings (ms, from the answers' `timings_ms`):",
@@ -295,8 +287,8 @@ def markdown(summary: dict[str, Any]) -> str:
         ]
         for r in stage_rows:
             t = r["stage_mean_ms"]
-            cells = " | ".join(_fmt(t.get(s)) for s in stages)
-            lines.append(f"| {r['type']} | {r['name']} | {cells} | {_fmt(r.get('mean_batch_size'), 2)} |")
+            cells = " | ".join(fmt(t.get(s)) for s in stages)
+            lines.append(f"| {r['type']} | {r['name']} | {cells} | {fmt(r.get('mean_batch_size'), 2)} |")
     if summary["failure_reasons"]:
         lines += ["", "Failures:", "", "| type | name | error | count |", "|---|---|---|---:|"]
         for f in summary["failure_reasons"]:

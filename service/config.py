@@ -78,6 +78,11 @@ class DeploymentSpec(Strict):
     max_ongoing_requests: int = Field(32, ge=1)
     max_queued_requests: int = Field(-1, ge=-1)
 
+    @property
+    def threads(self) -> int:
+        """The torch threads a replica runs with (``torch_threads``, else its whole ``num_cpus``)."""
+        return self.torch_threads or max(1, int(self.num_cpus))
+
 
 class PanopticSpec(Strict):
     """Panoptic-DeepLab post-processing (defaults as published, stuff area scaled to our images)."""

@@ -42,9 +42,8 @@ def select_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 
 def configure_threads(deployment: DeploymentSpec) -> int:
     """Torch intra-op threads for this process (Ray sets OMP_NUM_THREADS=1 in replicas)."""
-    threads = deployment.torch_threads or max(1, int(deployment.num_cpus))
-    torch.set_num_threads(threads)
-    return threads
+    torch.set_num_threads(deployment.threads)
+    return deployment.threads
 
 
 @dataclass
