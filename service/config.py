@@ -93,6 +93,14 @@ class PanopticSpec(Strict):
     stuff_area: int = Field(64, ge=0)
     label_divisor: int = Field(1000, ge=1)
 
+    @model_validator(mode="after")
+    def _check(self) -> PanopticSpec:
+        if self.nms_kernel % 2 == 0:
+            raise ValueError(f"nms_kernel must be odd (a centred max-pool window), got {self.nms_kernel}")
+        if self.top_k >= self.label_divisor:
+            raise ValueError("top_k must be below label_divisor (instance ids are class * divisor + k)")
+        return self
+
 
 class ModelSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")

@@ -48,7 +48,7 @@ def fit_to_policy(image: np.ndarray, policy: InputPolicy) -> tuple[np.ndarray, G
     geometry = plan_geometry(image.shape[0], image.shape[1], policy)
     if geometry.scaled != geometry.original:
         resized = Image.fromarray(image).resize(geometry.scaled[::-1], Image.Resampling.BILINEAR)
-        image = np.array(resized)  # writable: torch.from_numpy warns on read-only arrays
+        image = np.asarray(resized)  # read-only: the runner stacks (copies) a batch before torch sees it
     if geometry.padded != geometry.scaled:
         out = np.empty((*geometry.padded, 3), np.uint8)
         out[...] = pad_value(policy)

@@ -65,7 +65,6 @@ class Runner:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.label_dtype = np.uint8 if spec.num_classes <= 256 else np.uint16
-        self.postprocess: Callable[[torch.Tensor | dict, list[PreparedImage]], GroupOutput] = self._semantic
         # Metrics hook, called after each forward pass with (items, queue s, forward s, postprocess s).
         self.on_group: Callable[[list[PreparedImage], list[float], float, float], None] | None = None
 
@@ -88,7 +87,8 @@ class Runner:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _semantic(self, logits: torch.Tensor, items: list[PreparedImage]) -> GroupOutput:
+    def postprocess(self, logits: torch.Tensor, items: list[PreparedImage]) -> GroupOutput:
+        """Network output of a group -> per-item results at the original geometry (semantic: labels)."""
         labels = [
             restore_labels(logits[i].float(), item.geometry).to("cpu").numpy().astype(self.label_dtype)
             for i, item in enumerate(items)

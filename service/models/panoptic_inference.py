@@ -26,16 +26,11 @@ from service.models.inference import GroupOutput, Runner
 from service.types import PreparedImage
 
 
-def check_panoptic_spec(spec: ModelSpec) -> PanopticSpec:
-    """The spec's panoptic parameters, refused early when post-processing could not use them."""
-    params = spec.panoptic
-    if spec.task != "panoptic" or params is None:
+def panoptic_params(spec: ModelSpec) -> PanopticSpec:
+    """The spec's post-processing parameters (config validation checked them when it loaded)."""
+    if spec.panoptic is None:
         raise ValueError(f"model {spec.name!r} is not a panoptic model (task {spec.task!r})")
-    if params.nms_kernel % 2 == 0:
-        raise ValueError(f"model {spec.name!r}: panoptic.nms_kernel must be odd, got {params.nms_kernel}")
-    if params.top_k >= params.label_divisor:
-        raise ValueError(f"model {spec.name!r}: panoptic.top_k must be below label_divisor")
-    return params
+    return spec.panoptic
 
 
 def panoptic_item(outputs: dict[str, torch.Tensor], geometry: Geometry, spec: ModelSpec) -> PanopticOutput:
@@ -45,7 +40,7 @@ def panoptic_item(outputs: dict[str, torch.Tensor], geometry: Geometry, spec: Mo
     pixels). ``stuff_area`` counts pixels at the model's input scale, so it is scaled by the area
     ratio: the same picture gives the same segments whatever size the client sent it at.
     """
-    params = check_panoptic_spec(spec)
+    params = panoptic_params(spec)
     sh, sw = geometry.scaled
     h, w = geometry.original
     heatmap = outputs["center"][:, :sh, :sw].float()
@@ -69,8 +64,8 @@ def panoptic_item(outputs: dict[str, torch.Tensor], geometry: Geometry, spec: Mo
 
 def panoptic_answer(result: PanopticOutput, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(semantic labels uint8/uint16 [H, W], COCO ids int32 [H, W], segments) on the CPU."""
-    params = check_panoptic_spec(spec)
-    ids, segments = to_coco_segments(result.panoptic, spec.thing_ids, params.label_divisor, result.scores)
+    divisor = panoptic_params(spec).label_divisor
+    ids, segments = to_coco_segments(result.panoptic, spec.thing_ids, divisor, result.scores)
     if spec.num_classes <= 256:
         return result.labels.to(torch.uint8).cpu().numpy(), ids, segments
     return result.labels.to(torch.int32).cpu().numpy().astype(np.uint16), ids, segments
@@ -80,13 +75,10 @@ class PanopticRunner(Runner):
     """``Runner`` whose post-processing gives a semantic map plus COCO panoptic ids and segments."""
 
     def __init__(self, spec: ModelSpec, model: nn.Module, device: torch.device | None = None) -> None:
-        check_panoptic_spec(spec)
+        panoptic_params(spec)  # a semantic spec is refused before the model moves to its device
         super().__init__(spec, model, device)
-        # Runner.__init__ binds ``self.postprocess`` as an instance attribute, which would shadow a
-        # method override, so the panoptic hook is bound the same way.
-        self.postprocess = self._panoptic
 
-    def _panoptic(self, outputs: dict[str, torch.Tensor], items: list[PreparedImage]) -> GroupOutput:
+    def postprocess(self, outputs: dict[str, torch.Tensor], items: list[PreparedImage]) -> GroupOutput:
         labels, extras = [], []
         for i, item in enumerate(items):
             result = panoptic_item({k: v[i] for k, v in outputs.items()}, item.geometry, self.spec)

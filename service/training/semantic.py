@@ -80,7 +80,8 @@ def training_batch(step: int, config: TrainConfig, spec: ModelSpec, shapes: Shap
 def predict_labels(model: torch.nn.Module, image: np.ndarray, spec: ModelSpec) -> torch.Tensor:
     """The serving path without Ray: fit to the input policy, forward, argmax at original size."""
     fitted, geometry = fit_to_policy(image, spec.input)
-    x = to_model_input(torch.from_numpy(fitted)[None], spec.input.mean, spec.input.std)
+    # torch.tensor copies: ``fitted`` may be a read-only view of a resized PIL image.
+    x = to_model_input(torch.tensor(fitted)[None], spec.input.mean, spec.input.std)
     with torch.inference_mode():
         logits = model(x)[0]
     return restore_labels(logits, geometry)

@@ -109,6 +109,15 @@ def test_runner_on_the_real_network_gives_consistent_maps_and_warms_up():
         assert sum(seg["area"] for seg in result.segments) == int((result.panoptic > 0).sum())
 
 
-def test_even_nms_kernel_is_refused_at_start_up():
-    with pytest.raises(ValueError, match="odd"):
-        PanopticRunner(spec(nms_kernel=4), FakePanoptic(), device=torch.device("cpu"))
+@pytest.mark.parametrize(
+    ("change", "message"), [({"nms_kernel": 4}, "odd"), ({"top_k": 1000}, "below label_divisor")]
+)
+def test_unusable_post_processing_settings_are_refused_with_the_config(change, message):
+    with pytest.raises(ValueError, match=message):
+        spec(**change)
+
+
+def test_a_semantic_spec_is_refused_by_the_panoptic_runner():
+    semantic = spec().model_copy(update={"task": "semantic", "panoptic": None})
+    with pytest.raises(ValueError, match="not a panoptic model"):
+        PanopticRunner(semantic, FakePanoptic(), device=torch.device("cpu"))
