@@ -143,6 +143,7 @@ def main() -> dict:
             set(placement[SEGMENTER]) == worker_ids and len(placement[SEGMENTER]) == 2
         )
         summary["topology"] = TOPOLOGY
+        summary["codec_deployed"] = "ImageCodec" in placement
         summary["ingress_and_codec_on_head"] = placement["Ingress"] == [head_id] and placement.get(
             "ImageCodec", [head_id]
         ) == [head_id]

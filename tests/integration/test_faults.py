@@ -248,7 +248,7 @@ def test_multinode_worker_node_lost_under_load(flags):
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     print(f"multinode: {summary}")
-    assert summary["topology"] == ("fused" if "--fused" in flags else "split"), summary
+    assert summary["codec_deployed"] == ("--fused" not in flags), summary  # the topology really changed
     assert summary["spread_over_workers"] and summary["ingress_and_codec_on_head"], summary
     assert summary["client_calls"] >= 20 and summary["client_failures"] == [], summary
     assert summary["all_correct"], summary

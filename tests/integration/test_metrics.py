@@ -428,16 +428,15 @@ def test_request_id_in_every_deployments_log_lines(traffic, protocol):
     status = "200" if protocol == "http" else "OK"
     access = [line for line in found["Ingress"] if f"segment {protocol} {model} {status}" in line]
     assert len(access) == 1, found["Ingress"]
+    # deploy/serve_config.yaml sets JSON logs: the id is a field of every line, not just text
     for deployment in wanted:
         for line in found[deployment]:
-            if line.startswith("{"):  # JSON encoding: the id is a field, not just text
-                assert json.loads(line)["request_id"] == request_id
-    if access[0].startswith("{"):
-        fields = json.loads(access[0])
-        assert (fields["model"], fields["protocol"], fields["status"], fields["code"]) == (
-            model,
-            protocol,
-            status,
-            "ok",
-        )
-        assert set(STAGES) <= set(fields["timings_ms"]) and fields["response_bytes"] > 0
+            assert json.loads(line)["request_id"] == request_id, line
+    fields = json.loads(access[0])
+    assert (fields["model"], fields["protocol"], fields["status"], fields["code"]) == (
+        model,
+        protocol,
+        status,
+        "ok",
+    )
+    assert set(STAGES) <= set(fields["timings_ms"]) and fields["response_bytes"] > 0

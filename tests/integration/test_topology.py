@@ -6,8 +6,6 @@ either; and the split app's graph really has its codec.
 
 from __future__ import annotations
 
-import base64
-
 import grpc
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from service.training.shapes import make_sample
 from tests.conftest import png_bytes
 from tests.integration.apps import MODEL, SESSION_APP, extra_app, light_args, temp_repository
 from tests.integration.helpers import direct_labels
+from tests.integration.test_http import mask_of
 
 pytestmark = pytest.mark.integration
 APP = "split"
@@ -53,9 +52,7 @@ def test_both_topologies_answer_the_direct_model_call_over_http(service, split_a
                 f"{base}/v1/models/{MODEL}/segment", content=body, headers={"content-type": "image/png"}
             )
             assert r.status_code == 200, r.text
-            np.testing.assert_array_equal(
-                decode_label_png(base64.b64decode(r.json()["mask"]["data"])), expected
-            )
+            np.testing.assert_array_equal(mask_of(r), expected)
 
 
 def test_both_topologies_answer_the_direct_model_call_over_grpc(service, split_app, repository):

@@ -233,9 +233,6 @@ def test_closed_loop_http_counts_successes_and_failures(images):
     assert row["mean_batch_size"] == pytest.approx(2.0)
     assert row["stage_mean_ms"]["hops"] == pytest.approx(0.9)  # total 6 - the stages' 5.1
     assert row["outside_server_ms"] is not None
-    # the mock transport answers inside this process: its CPU is the load generator's
-    assert set(row["cpu_ms_per_request"]) >= {"load generator"}
-    assert row["cpu_ms_per_request"]["load generator"] > 0
 
 
 class FakeSegmentation(pb_grpc.SegmentationServicer):
