@@ -36,7 +36,8 @@ def start_local(
     config = config or load_serve_config()
     init_kwargs: dict[str, Any] = {
         # Logical CPUs are scheduling tokens here: every replica sets its own torch threads, and the
-        # shipped app asks for ~3 (two 1-CPU segmenters, codec, ingress), more than a 2-core laptop has.
+        # shipped app asks for 4.25 (two models x two 1-CPU segmenter replicas, the ingress's 0.25),
+        # more than a 2-core laptop has.
         "num_cpus": num_cpus or max(8, os.cpu_count() or 2),
         "include_dashboard": False,
         "object_store_memory": object_store_mb * 1024 * 1024,

@@ -77,11 +77,6 @@ def _ray_request_id(context) -> str | None:
         return None
 
 
-def served(core) -> dict | None:
-    """The served models, for the metrics' model label (None: a test double without them)."""
-    return getattr(core, "segmenters", None)
-
-
 def _rle_pb(rle: dict) -> pb.Rle:
     return pb.Rle(size=list(rle["size"]), counts=rle["counts"])
 
@@ -153,7 +148,7 @@ def fail(context, error: BaseException, request_id: str = "") -> ServiceError:
 async def segment(core: SegmentationCore, request: pb.SegmentRequest, context) -> pb.SegmentResponse:
     meta = metadata(context)
     request_id = ""
-    with metrics.request_call("grpc", request.model, served(core)) as call:
+    with metrics.request_call("grpc", request.model, core.segmenters) as call:
         try:
             core.authenticate(api_key(meta))
             options = options_from_pb(request, meta, core, _ray_request_id(context))
@@ -183,7 +178,7 @@ async def segment_stream(
         # message or an exception (2.54+ keeps the code set before the raise).
         raise fail(context, e) from None
     async for request in requests:
-        with metrics.request_call("grpc", request.model, served(core)) as call:  # one per frame
+        with metrics.request_call("grpc", request.model, core.segmenters) as call:  # one per frame
             try:
                 options = options_from_pb(request, meta, core)
                 metrics.bind_request_id(options.request_id)

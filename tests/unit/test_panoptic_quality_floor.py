@@ -1,8 +1,8 @@
 """The shipped panoptic-shapes weights keep their quality floor on held-out images never trained on.
 
 The floor is the model card's (models/panoptic-shapes/README.md): PQ >= 0.75 and PQ_things >= 0.70,
-checked on the first held-out images through the same path as ``python -m service.training.panoptic
-evaluate`` (COCO files, panopticapi-style PQ), with no extra tolerance.
+checked on the first held-out images through the same path as ``segserve evaluate --model
+panoptic-shapes`` (COCO files, panopticapi-style PQ), with no extra tolerance.
 """
 
 from __future__ import annotations
