@@ -33,6 +33,9 @@ def _train(args: argparse.Namespace) -> int:
         return panoptic.train_command(args, repo, spec)
     from service.training.semantic import TrainConfig, train
 
+    if args.init_weights:
+        print("--init-weights is for panoptic models (a semantic model trains from scratch)", file=sys.stderr)
+        return 2
     config = TrainConfig(
         steps=args.steps or TrainConfig.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads
     )

@@ -214,8 +214,11 @@ def predict_annotations(
     return annotations
 
 
-def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: TrainConfig) -> PQReport:
-    """Train from scratch or resume ``checkpoint_dir/last.pt``; writes the weights and training.json."""
+def train(
+    spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: TrainConfig, stop_at: int | None = None
+) -> PQReport:
+    """Train from scratch or resume ``checkpoint_dir/last.pt``; writes the weights and training.json.
+    ``stop_at`` ends early at that step, keeping the learning-rate schedule of ``config.steps``."""
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -229,7 +232,8 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
     checkpoint = checkpoint_dir / "last.pt"
     start, history = checkpoints.resume(checkpoint, config, model, optimizer, schedule)
     validation = list(VALIDATION_SEEDS)[: config.val_images]
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train {spec.name}")
+    last = min(config.steps, stop_at or config.steps)
+    bar = tqdm(range(start, last), initial=start, total=last, desc=f"train {spec.name}")
     started = time.monotonic()
     for step in bar:
         model.train()
@@ -242,7 +246,7 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
         schedule.step()
         bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
         done = step + 1
-        if done % config.val_every == 0 or done == config.steps:
+        if done % config.val_every == 0 or done == last:
             report = evaluate_pq(model, spec, validation)
             row = {"step": done, **{k: round(v.item(), 4) for k, v in losses.items()}, **report.as_dict()}
             history.append(row)
@@ -250,10 +254,14 @@ def train(spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: Trai
                 f"step {done}: loss {losses['loss'].item():.4f} val PQ {report.pq:.4f} "
                 f"things {report.things.pq:.4f} stuff {report.stuff.pq:.4f}"
             )
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if done % config.checkpoint_every == 0 or done == last:
             checkpoints.save(checkpoint, done, config, model, optimizer, schedule, history)
     model.eval()
-    save_weights(model, weights_out, metadata={"model": spec.name, "steps": str(config.steps)})
+    save_weights(
+        model,
+        weights_out,
+        metadata={"model": spec.name, "steps": str(last), "schedule_steps": str(config.steps)},
+    )
     (weights_out.parent / "training.json").write_text(
         json.dumps(
             {"config": asdict(config), "history": history, "seconds": time.monotonic() - started}, indent=1
@@ -286,7 +294,7 @@ def train_command(args: argparse.Namespace, repo: Repository, spec: ModelSpec) -
         init_weights=args.init_weights,
     )
     weights = repo.weights_path(spec)
-    report = train(spec, weights, Path(args.checkpoints) / spec.name, config)
+    report = train(spec, weights, Path(args.checkpoints) / spec.name, config, stop_at=args.stop_at)
     print(json.dumps({"model": spec.name, "weights": str(weights), "validation": report.as_dict()}, indent=1))
     return 0
 

@@ -79,6 +79,32 @@ def test_train_writes_weights_and_resumes_from_its_checkpoint(tmp_path, capsys):
         train(spec, weights, tmp_path / "checkpoints", TrainConfig(steps=3, batch_size=2))
 
 
+def test_stop_at_ends_early_on_the_same_schedule_and_a_rerun_continues(tmp_path, capsys):
+    from safetensors import safe_open
+
+    spec = tiny_spec()
+    config = TrainConfig(steps=3, batch_size=2, val_every=100, val_images=2, checkpoint_every=1)
+    weights = tmp_path / "model" / "model.safetensors"
+    train(spec, weights, tmp_path / "checkpoints", config, stop_at=1)
+    with safe_open(str(weights), "pt") as f:
+        assert f.metadata()["steps"] == "1" and f.metadata()["schedule_steps"] == "3"
+    history = json.loads((tmp_path / "model" / "training.json").read_text())["history"]
+    assert [row["step"] for row in history] == [1]
+    train(spec, weights, tmp_path / "checkpoints", config)  # the same config: continues to step 3
+    assert "resuming from step 1" in capsys.readouterr().out
+    history = json.loads((tmp_path / "model" / "training.json").read_text())["history"]
+    assert [row["step"] for row in history] == [1, 3]
+
+
+def test_init_weights_is_refused_for_a_semantic_model(capsys):
+    from service.cli import main
+
+    repository = str(Path(__file__).resolve().parents[2] / "models" / "repository.yaml")
+    args = ["train", "--model", "unet-shapes", "--repository", repository, "--init-weights", "x.safetensors"]
+    assert main(args) == 2
+    assert "--init-weights is for panoptic models" in capsys.readouterr().err
+
+
 def test_initial_weights_come_from_a_semantic_trunk_or_a_panoptic_model(tmp_path):
     unet = build_unet(num_classes=4, depth=2, base_width=4)
     save_weights(unet, tmp_path / "unet.safetensors")
