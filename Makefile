@@ -9,7 +9,7 @@ PORT ?= 8000
 GRPC_PORT ?= 9000
 METRICS_PORT ?= 8080
 
-.PHONY: install test lint serve train evaluate proto bench loadtest clean
+.PHONY: install test lint serve train evaluate proto bench loadtest gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,11 @@ loadtest: $(STAMP)
 # loadtests/results/<date>-<machine>.{json,md} and PNG plots. BENCH_ARGS="--quick" for a smoke run.
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench.py $(BENCH_ARGS)
+
+# On a machine with CUDA: the GPU tests and a short benchmark in the split topology (about 8 minutes),
+# results in loadtests/results/<date>-gpu-check.md.
+gpu-check: $(STAMP)
+	$(BIN)/python loadtests/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

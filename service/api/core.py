@@ -1,9 +1,9 @@
 """The protocol-agnostic core that both the HTTP routes and the gRPC methods call.
 
-It validates, routes by model name, enforces the deadline and calls the model's segmenter: in the
-fused topology (``codec`` is None) one call, ``segmenter.segment_image``; in the split topology
-codec.prepare chained into segmenter.segment (decoded pixels go from replica to replica through Ray's
-object store, never through the ingress), then codec.encode with the label map.
+It authenticates, resolves the model, enforces the body limit and the deadline, and hands the request
+to ``models``: in the fused topology the models of this very replica (``service.worker.LocalModels``,
+no hop), in the split topology the codec and segmenter deployments
+(``service.deployments.split.SplitModels``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service.api.errors import to_service_error
 from service.config import AppSettings, ModelSpec, Repository, file_digest
@@ -83,35 +84,47 @@ def model_info(spec: ModelSpec, digest: str | None) -> dict[str, Any]:
     }
 
 
+class Models(Protocol):
+    """Where the served models run (fused: in this process; split: in deployments of their own)."""
+
+    async def segment(
+        self, body: bytes, content_type: str | None, options: SegmentOptions, spec: ModelSpec
+    ) -> SegmentResult: ...
+
+    async def ready(self) -> list[dict[str, Any]]: ...
+
+
 class SegmentationCore:
     def __init__(
-        self, repository: Repository, settings: AppSettings, codec: Any | None, segmenters: dict[str, Any]
+        self, repository: Repository, settings: AppSettings, names: list[str], models: Models
     ) -> None:
-        self.repository = repository
         self.settings = settings
-        self.codec = codec
-        self.segmenters = segmenters
+        self.specs: Mapping[str, ModelSpec] = {name: repository.get(name) for name in names}
+        self.models = models
         self.api_keys = load_api_keys(settings)
         self.api_key_digests = tuple(hashlib.sha256(k).digest() for k in self.api_keys)
         self.digests = {
-            spec.name: file_digest(repository.weights_path(spec)) if spec.weights else None
-            for spec in repository.models
-            if spec.name in segmenters
+            name: file_digest(repository.weights_path(spec)) if spec.weights else None
+            for name, spec in self.specs.items()
         }
+
+    @property
+    def served(self) -> list[str]:
+        return sorted(self.specs)
 
     # --- metadata ---------------------------------------------------------------------------------
 
     def spec(self, name: str) -> ModelSpec:
-        spec = self.repository.get(name)
-        if spec is None or name not in self.segmenters:
-            raise ModelNotFound(name, sorted(self.segmenters))
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ModelNotFound(name, self.served)
         return spec
 
     def list_models(self) -> list[dict[str, Any]]:
-        return [model_info(self.spec(n), self.digests.get(n)) for n in sorted(self.segmenters)]
+        return [model_info(self.specs[n], self.digests[n]) for n in self.served]
 
     def get_model(self, name: str) -> dict[str, Any]:
-        return model_info(self.spec(name), self.digests.get(name))
+        return model_info(self.spec(name), self.digests[name])
 
     # --- auth ---------------------------------------------------------------------------------------
 
@@ -139,35 +152,17 @@ class SegmentationCore:
         return time.time() + (min(timeout_s, limit) if timeout_s else limit)
 
     async def segment(self, body: bytes, content_type: str | None, options: SegmentOptions) -> SegmentResult:
-        self.spec(options.model)
+        spec = self.spec(options.model)
         self.check_body(body)
         started = time.perf_counter()
-        segmenter = self.segmenters[options.model]
-        responses: list[Any] = []  # every handle call made, to cancel them all on a timeout
-
-        async def fused() -> SegmentResult:
-            responses.append(segmenter.segment_image.remote(body, content_type, options))
-            return await responses[-1]
-
-        async def split() -> SegmentResult:
-            responses.append(prepared := self.codec.prepare.remote(body, content_type, options))
-            responses.append(segmented := segmenter.segment.remote(prepared))
-            # The label map comes back here (1 byte per pixel) instead of being chained into encode:
-            # when the segmenter's node crashed, Ray 2.60's router retried a chained encode call
-            # ("ImageCodec is temporarily unavailable") until the deadline, and the request was lost
-            # with a 504 in 2 of 5 runs (tests/integration/multinode_scenario.py --crash). Awaited
-            # here, the crash surfaces as ActorDiedError: a 503 the client retries.
-            segmentation = await segmented
-            responses.append(encoded := self.codec.encode.remote(segmentation))
-            return await encoded
-
         remaining = (options.deadline or self.deadline(None)) - time.time()
         try:
-            chain = fused() if self.codec is None else split()
-            result = await asyncio.wait_for(chain, timeout=max(remaining, 0.001))
+            # On timeout wait_for cancels the call, and the models drop the work (queued items are
+            # skipped by the batcher, split handle calls are cancelled).
+            result = await asyncio.wait_for(
+                self.models.segment(body, content_type, options, spec), timeout=max(remaining, 0.001)
+            )
         except TimeoutError:
-            for response in responses:
-                response.cancel()  # downstream replicas drop the work instead of finishing it
             raise DeadlineExceeded("the request did not finish within its deadline") from None
         except Exception as e:
             # Classified here, before FastAPI sees it: Ray Serve registers its own handlers on the app
@@ -180,13 +175,7 @@ class SegmentationCore:
     async def ready(self) -> dict[str, Any]:
         """Every model answers from a loaded, warmed replica within a short time."""
         try:
-            answers = await asyncio.wait_for(
-                asyncio.gather(*(_await(h.ready.remote()) for h in self.segmenters.values())), timeout=5
-            )
+            answers = await asyncio.wait_for(self.models.ready(), timeout=5)
         except Exception as e:
             raise Unavailable(f"not ready: {type(e).__name__}") from None
         return {"status": "ready", "models": answers}
-
-
-async def _await(response):
-    return await response

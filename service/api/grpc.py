@@ -148,7 +148,7 @@ def fail(context, error: BaseException, request_id: str = "") -> ServiceError:
 async def segment(core: SegmentationCore, request: pb.SegmentRequest, context) -> pb.SegmentResponse:
     meta = metadata(context)
     request_id = ""
-    with metrics.request_call("grpc", request.model, core.segmenters) as call:
+    with metrics.request_call("grpc", request.model, core.served) as call:
         try:
             core.authenticate(api_key(meta))
             options = options_from_pb(request, meta, core, _ray_request_id(context))
@@ -178,7 +178,7 @@ async def segment_stream(
         # message or an exception (2.54+ keeps the code set before the raise).
         raise fail(context, e) from None
     async for request in requests:
-        with metrics.request_call("grpc", request.model, core.segmenters) as call:  # one per frame
+        with metrics.request_call("grpc", request.model, core.served) as call:  # one per frame
             try:
                 options = options_from_pb(request, meta, core)
                 metrics.bind_request_id(options.request_id)

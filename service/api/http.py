@@ -7,9 +7,11 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 
 from service import metrics
+from service.api.core import new_request_id, parse_timeout_ms
 from service.api.errors import http_headers, to_service_error
 from service.errors import InvalidArgument, InvalidImage, PayloadTooLarge, ServiceError
 from service.types import SegmentOptions, SegmentResult
@@ -18,7 +20,6 @@ logger = logging.getLogger("ray.serve")
 
 KNOWN_QUERY = frozenset({"format", "overlay"})
 TRUE, FALSE = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no", ""})
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
@@ -123,46 +124,43 @@ def result_json(result: SegmentResult) -> dict[str, Any]:
     return body
 
 
-def error_response(error: BaseException, request_id: str) -> JSONResponse:
+def error_response(error: BaseException, request_id: str, echoed: bool = False) -> JSONResponse:
     service_error = to_service_error(error)
+    headers = http_headers(service_error)
+    if not echoed:
+        headers["x-request-id"] = request_id
     return JSONResponse(
         {"error": {**service_error.to_dict(), "request_id": request_id}},
         status_code=service_error.http_status,
-        headers={**http_headers(service_error), "x-request-id": request_id},
+        headers=headers,
     )
 
 
+def request_ids(request: Request) -> tuple[str, bool]:
+    """The service's id for this request, and whether Ray Serve already echoes it in the response.
+
+    Ray Serve's HTTP middleware puts ``x-request-id`` on every request (the caller's, or a fresh one)
+    and echoes it in the response; we use it unless it is not sane (``new_request_id``), and then send
+    our own beside it."""
+    given = request.headers.get("x-request-id")
+    request_id = new_request_id(given)
+    return request_id, request_id == given
+
+
 def build_http_app() -> FastAPI:
-    app = FastAPI(title="segserve", version="1", docs_url="/docs", openapi_url="/openapi.json")
+    # The API description needs a key like the API itself, so FastAPI's own open routes are replaced.
+    app = FastAPI(title="segserve", version="1", docs_url=None, openapi_url=None)
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):
-        from service.api.core import new_request_id
-
-        ray_id = _ray_request_id()
-        request_id = new_request_id(request.headers.get("x-request-id") or ray_id)
-        request.state.request_id = request_id
-        metrics.bind_request_id(request_id)  # every log line and handle call of this request carries it
-        with metrics.http_call(request.url.path, core_of(request).segmenters, request_id) as call:
-            try:
-                if app_path(request) not in OPEN_PATHS:
-                    core_of(request).authenticate(_bearer(request.headers.get("authorization")))
-                response = await call_next(request)
-            except Exception as e:  # every failure becomes a documented status
-                error = to_service_error(e)
-                request.state.error_code = error.code
-                response = error_response(error, request_id)
-            if request_id == ray_id and "x-request-id" in response.headers:
-                del response.headers["x-request-id"]  # Ray's proxy echoes its id: one header, not two
-            elif request_id != ray_id:
-                response.headers["x-request-id"] = request_id
-            _finish_call(call, request, response)
-            return response
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, error: Exception):
+        # Routes other than segment (which answers its own errors): every failure is a documented JSON
+        # error. Registered for Exception, so Ray Serve's own plain-text handlers never answer.
+        request_id, echoed = request_ids(request)
+        return error_response(error, request_id, echoed)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError):
-        request.state.error_code = error.code
-        return error_response(error, getattr(request.state, "request_id", ""))
+        return await any_error(request, error)
 
     @app.get("/healthz")
     async def healthz():
@@ -172,67 +170,68 @@ def build_http_app() -> FastAPI:
     async def readyz(request: Request):
         return await core_of(request).ready()
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        authenticate(request)
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        authenticate(request)
+        return get_swagger_ui_html(openapi_url="openapi.json", title="segserve")
+
     @app.get("/v1/models")
     async def list_models(request: Request):
+        authenticate(request)
         return {"models": core_of(request).list_models()}
 
     @app.get("/v1/models/{model}")
     async def get_model(model: str, request: Request):
+        authenticate(request)
         return core_of(request).get_model(model)
 
     @app.post("/v1/models/{model}/segment")
     async def segment(model: str, request: Request):
-        core = core_of(request)
-        core.spec(model)  # 404 before reading a large body
-        deadline = core.deadline(request_timeout(request))
-        options = parse_options(model, dict(request.query_params), request.state.request_id, deadline)
-        body, content_type = await image_from_request(request, core.settings.limits.max_body_bytes)
-        result = await core.segment(body, content_type, options)
-        request.state.result = result  # for the metrics and the access log
-        headers = {"x-batch-size": str(result.batch_size)}
-        if "image/png" in request.headers.get("accept", "") and result.mask_png is not None:
-            return Response(result.mask_png, media_type="image/png", headers=headers)
-        return JSONResponse(result_json(result), headers=headers)
+        return await segment_endpoint(core_of(request), model, request)
 
     return app
 
 
-def _finish_call(call: metrics.RequestCall, request: Request, response: Response) -> None:
-    """Metrics and the access-log line of a segmentation request, from what its handling left."""
-    length = response.headers.get("content-length")
-    declared = request.headers.get("content-length")
-    call.finish(
-        status=str(response.status_code),
-        http_status=response.status_code,
-        code=getattr(request.state, "error_code", None),
-        result=getattr(request.state, "result", None),
-        response_bytes=int(length) if length and length.isdigit() else None,
-        request_bytes=int(declared) if declared and declared.isdigit() else None,
-    )
+def authenticate(request: Request) -> None:
+    core_of(request).authenticate(_bearer(request.headers.get("authorization")))
 
 
-def app_path(request: Request) -> str:
-    """The path inside the application: without the route prefix (``/secure/readyz`` -> ``/readyz``)."""
-    path, root = request.url.path, request.scope.get("root_path", "")
-    return (path[len(root) :] or "/") if root and path.startswith(root) else path
+async def segment_endpoint(core, model: str, request: Request) -> Response:
+    """``POST /v1/models/{model}/segment``: one request, counted, logged and answered, errors included."""
+    request_id, echoed = request_ids(request)
+    metrics.bind_request_id(request_id)  # every log line (and split handle call) of this request carries it
+    with metrics.request_call("http", model, core.served, request_id) as call:
+        try:
+            authenticate(request)
+            core.spec(model)  # 404 before reading a large body
+            deadline = core.deadline(request_timeout(request))
+            options = parse_options(model, dict(request.query_params), request_id, deadline)
+            body, content_type = await image_from_request(request, core.settings.limits.max_body_bytes)
+            result = await core.segment(body, content_type, options)
+        except Exception as e:
+            error = to_service_error(e)
+            call.failed(str(error.http_status), error, request_id)
+            return error_response(error, request_id, echoed)
+        headers = {"x-batch-size": str(result.batch_size)}
+        if not echoed:
+            headers["x-request-id"] = request_id
+        if "image/png" in request.headers.get("accept", "") and result.mask_png is not None:
+            response: Response = Response(result.mask_png, media_type="image/png", headers=headers)
+        else:
+            response = JSONResponse(result_json(result), headers=headers)
+        call.succeeded("200", result, len(response.body), request_id, len(body))
+        return response
 
 
 def request_timeout(request: Request) -> float | None:
     """The caller's deadline in seconds from ``x-request-timeout-ms`` (gRPC: ``x-timeout-ms``), capped by
     ``limits.request_timeout_s`` in ``core.deadline``; past it the answer is 504."""
-    from service.api.core import parse_timeout_ms
-
     return parse_timeout_ms(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
-
-
-def _ray_request_id() -> str | None:
-    """Ray Serve's id for this request (it echoes it as x-request-id), so both agree in the logs."""
-    try:
-        from ray.serve.context import _get_serve_request_context
-
-        return _get_serve_request_context().request_id or None
-    except Exception:
-        return None
 
 
 def _bearer(header: str | None) -> str | None:

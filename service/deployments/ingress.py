@@ -1,4 +1,9 @@
-"""Ingress: the application's entry deployment. FastAPI routes and gRPC methods share one core."""
+"""Ingress: the application's entry deployment. FastAPI routes and gRPC methods share one core.
+
+Fused topology (CPU nodes, the default there): every ingress replica runs the served models itself
+(``service.worker.LocalModels``), so a request is proxy -> this replica, with no hop between
+deployments. Split topology (GPU): the core calls the codec and segmenter deployments through handles.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,37 @@ from service.api import grpc as grpc_api
 from service.api.core import SegmentationCore
 from service.api.http import build_http_app
 from service.config import AppSettings, Repository
+from service.deployments.split import SplitModels
+from service.models.inference import configure_threads
+from service.worker import LocalModels
 
 
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    def __init__(self, repository: Repository, settings: AppSettings, codec, segmenters: dict) -> None:
-        self.core = SegmentationCore(repository, settings, codec, segmenters)
+    def __init__(
+        self,
+        repository: Repository,
+        settings: AppSettings,
+        names: list[str],
+        codec=None,
+        segmenters: dict | None = None,
+    ) -> None:
+        if segmenters is None:  # fused: the models live here
+            configure_threads(settings.ingress.threads)
+            specs = {n: repository.get(n) for n in names}
+            weights = {n: repository.weights_path(s) if s.weights else None for n, s in specs.items()}
+            self.local: LocalModels | None = LocalModels.load(specs, weights, settings.limits)
+            models = self.local
+        else:
+            self.local = None
+            models = SplitModels(codec, segmenters)
+        self.core = SegmentationCore(repository, settings, names, models)
 
     def check_health(self) -> None:
-        metrics.refresh_in_flight(self.core.segmenters)  # Ray drops gauges that are not set for ~20 s
+        metrics.refresh_in_flight(self.core.served)  # Ray drops gauges that are not set for ~20 s
+        if self.local is not None:
+            self.local.check_health()
 
     def __serve_build_asgi_app__(self):
         """Called by Ray Serve after __init__: the FastAPI app, its routes reaching this core."""

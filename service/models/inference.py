@@ -1,6 +1,6 @@
 """Batched inference for one model on one device: the tensor work a segmenter replica does.
 
-No Ray here: the ``Segmenter`` deployment wraps ``Runner.run`` in ``@serve.batch``. A batch of
+No Ray here: ``service.worker.ModelWorker`` feeds ``Runner.run`` from its batcher. A batch of
 prepared images is grouped by input shape and split by a pixel budget; each group is normalized on
 the device, run through the network (fp16/bf16 autocast and channels_last on CUDA) and brought back
 to each image's original geometry before the argmax. Stage timings synchronize the device so GPU
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.config import DeploymentSpec, ModelSpec
+from service.config import ModelSpec
 from service.imaging.geometry import restore_labels
 from service.models.registry import to_model_input
 from service.types import PreparedImage, Segmentation
@@ -40,10 +40,10 @@ def select_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def configure_threads(deployment: DeploymentSpec) -> int:
+def configure_threads(threads: int) -> int:
     """Torch intra-op threads for this process (Ray sets OMP_NUM_THREADS=1 in replicas)."""
-    torch.set_num_threads(deployment.threads)
-    return deployment.threads
+    torch.set_num_threads(threads)
+    return threads
 
 
 @dataclass

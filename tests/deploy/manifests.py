@@ -330,8 +330,10 @@ def port_problems(rayservice: dict[str, Any], config: dict[str, Any]) -> list[st
 
 
 def env_problems(rayservice: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """Every Ray container sets the gRPC proxy message limit, at least the largest request body."""
+    """Every Ray container sets the gRPC proxy message limit, at least the largest request body, and
+    Ray Serve's switches of ``service.local.RAY_SERVE_ENV`` (what ``make serve`` runs with)."""
     from service.config import parse_app_settings
+    from service.local import RAY_SERVE_ENV
 
     body_limits = [
         parse_app_settings(a.get("args")).limits.max_body_bytes for a in config.get("applications", [])
@@ -346,6 +348,9 @@ def env_problems(rayservice: dict[str, Any], config: dict[str, Any]) -> list[str
             problems.append(
                 f"{role}: {GRPC_SIZE_ENV}={value} is below limits.max_body_bytes {max(body_limits)}"
             )
+        for key, wanted in RAY_SERVE_ENV.items():
+            if env.get(key) != wanted:
+                problems.append(f"{role}: {key}={env.get(key)!r}, service.local.RAY_SERVE_ENV has {wanted!r}")
     return problems
 
 
@@ -465,9 +470,9 @@ def podmonitor_problems(podmonitor: dict[str, Any], rayservice: dict[str, Any]) 
 def replica_demands(config: dict[str, Any], repository: Any) -> dict[str, tuple[int, float, float]]:
     """Per deployment: (max replicas, CPUs per replica, GPUs per replica).
 
-    Mirrors how service/app.py names and sizes the deployments (``Ingress``, ``ImageCodec`` in the
-    split topology only, ``Segmenter-<model>`` from the app args and models/repository.yaml), then
-    applies Ray's own
+    Mirrors how service/app.py names and sizes the deployments (``Ingress``, which holds the models'
+    GPUs in the fused topology; ``ImageCodec`` and ``Segmenter-<model>`` in the split topology only,
+    from the app args and models/repository.yaml), then applies Ray's own
     ``deployments:`` overrides, whose ``ray_actor_options`` replaces the code's (unset num_cpus = 1).
     """
     from service.app import resolve_topology
@@ -477,15 +482,17 @@ def replica_demands(config: dict[str, Any], repository: Any) -> dict[str, tuple[
     for app in config.get("applications", []):
         args = parse_app_settings(app.get("args"))
         ingress, codec = args.ingress, args.codec
-        demands["Ingress"] = (ingress.num_replicas, ingress.num_cpus, 0.0)
         names = args.models if args.models is not None else repository.names()
-        if resolve_topology(args, [repository.get(n) for n in names]) == "split":
+        fused = resolve_topology(args, [repository.get(n) for n in names]) == "fused"
+        ingress_max = ingress.autoscaling.max_replicas if ingress.autoscaling else ingress.num_replicas
+        demands["Ingress"] = (ingress_max, ingress.num_cpus, ingress.num_gpus if fused else 0.0)
+        if not fused:
             codec_max = codec.autoscaling.max_replicas if codec.autoscaling else codec.num_replicas
             demands["ImageCodec"] = (codec_max, codec.num_cpus, 0.0)
-        for model in names:
-            d = repository.get(model).deployment
-            count = d.autoscaling.max_replicas if d.autoscaling else d.num_replicas
-            demands[f"Segmenter-{model}"] = (count, d.num_cpus, d.num_gpus)
+            for model in names:
+                d = repository.get(model).deployment
+                count = d.autoscaling.max_replicas if d.autoscaling else d.num_replicas
+                demands[f"Segmenter-{model}"] = (count, d.num_cpus, d.num_gpus)
         for override in app.get("deployments", []) or []:
             count, cpus, gpus = demands.get(override["name"], (1, 1.0, 0.0))
             if "ray_actor_options" in override:

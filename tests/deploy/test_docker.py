@@ -77,13 +77,17 @@ def test_base_image_matches_pinned_ray_and_python() -> None:
     assert froms and all(f == "rayproject/ray:${RAY_VERSION}-py311${RAY_IMAGE_SUFFIX}" for f in froms)
 
 
-def test_image_env_matches_the_rayservice() -> None:
-    image_value = env_values(INSTRUCTIONS)[GRPC_SIZE_ENV]
+def test_image_env_matches_the_rayservice_and_make_serve() -> None:
+    from service.local import RAY_SERVE_ENV
+
+    image = env_values(INSTRUCTIONS)
+    assert {k: image.get(k) for k in RAY_SERVE_ENV} == RAY_SERVE_ENV
     for name, folder in targets().items():
         (rayservice,) = of_kind(rendered(folder), "RayService")
         for role, template in pod_templates(rayservice).items():
             env = {e["name"]: e.get("value") for e in ray_container(template).get("env", [])}
-            assert env.get(GRPC_SIZE_ENV) == image_value, f"{name} {role}"
+            for key in (GRPC_SIZE_ENV, *RAY_SERVE_ENV):
+                assert env.get(key) == image[key], f"{name} {role} {key}"
 
 
 # --- entry points ----------------------------------------------------------------------------------

@@ -63,9 +63,9 @@ def replica_actors(app: str | None = None) -> dict[str, tuple[str, int]]:
     return found
 
 
-def segmenter_replicas(app: str = SESSION_APP, model: str = MODEL) -> dict[str, int]:
-    """Alive replicas of ``Segmenter-<model>`` in ``app``: actor id -> pid."""
-    suffix = f":{app}:Segmenter-{model}"
+def deployment_replicas(deployment: str, app: str = SESSION_APP) -> dict[str, int]:
+    """Alive replicas of ``deployment`` in ``app``: actor id -> pid."""
+    suffix = f":{app}:{deployment}"
     return {a: pid for a, (name, pid) in replica_actors(app).items() if name.endswith(suffix)}
 
 

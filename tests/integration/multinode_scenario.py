@@ -17,8 +17,9 @@ root: ``python tests/integration/multinode_scenario.py``. The last line of stdou
   topology awaited the segmenter's answer in the ingress, a crash lost a request in 2 of 5 runs: the
   encode call chained onto the dead segmenter's result was retried by Ray 2.60's router, "Replica ...
   ImageCodec is temporarily unavailable", until the 30 s deadline, and the 504 is not retried.)
-* ``--fused``: the CPU topology (no codec deployment; the segmenters decode and encode) instead of the
-  GPU layout's split one. ``--default-detection``: Ray's default node health checks instead of 1 s ones.
+* ``--fused``: the CPU topology (no codec or segmenter deployments: the ingress replicas run the model,
+  one per worker node, behind the head's HAProxy) instead of the GPU layout's split one.
+* ``--default-detection``: Ray's default node health checks instead of 1 s ones.
 * Summary: where the replicas ran, every raw status seen, how many client-library calls failed after
   their retries (must be 0), whether every served mask equals the direct model call, and the time from
   the node's loss to two running segmenter replicas again.
@@ -38,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 APP = "segmentation"
 MODEL = "unet-shapes"
-SEGMENTER = f"Segmenter-{MODEL}"
+# The deployment whose replicas run the model: its own segmenter (split) or the ingress itself (fused).
+SEGMENTER = "Ingress" if "--fused" in sys.argv else f"Segmenter-{MODEL}"
 TIMEOUT_S = 120
 GRACEFUL = "--crash" not in sys.argv  # --crash: the node's processes are killed without notice
 # The GPU layout (a codec deployment on the head, segmenters on the GPU workers) unless --fused.
@@ -84,6 +86,7 @@ def main() -> dict:
     from service.app import build_app
     from service.client import ClientError, HttpClient, RetryPolicy
     from service.config import load_repository
+    from service.local import local_ray_env
     from service.training.shapes import make_sample
     from tests.conftest import png_bytes
     from tests.integration.apps import (
@@ -99,6 +102,8 @@ def main() -> dict:
     # machine (another test session) would find it and join this cluster instead of starting its own.
     ray._private.utils.write_ray_address = lambda *args, **kwargs: None
 
+    # This cluster's own HAProxy files and ports (the test session that started us has its own).
+    os.environ.update(local_ray_env())
     summary: dict = {}
     started = time.monotonic()
     cluster = Cluster(
@@ -128,7 +133,11 @@ def main() -> dict:
             "multinode", deployment={"num_replicas": 2, "num_cpus": 0, "num_gpus": 1, "device": "cpu"}
         ) as repository_path:
             args = light_args(repository_path, topology=TOPOLOGY)
-            args.pop("codec"), args.pop("ingress")  # the defaults need CPU: they stay on the head node
+            args.pop("codec")  # the default needs CPU: it stays on the head node
+            if TOPOLOGY == "fused":  # the ingress runs the model: two replicas, one per worker node
+                args["ingress"] = {"num_replicas": 2, "num_cpus": 0, "num_gpus": 1}
+            else:
+                args.pop("ingress")  # the default needs CPU: it stays on the head node
             serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)
             wait_for(
                 lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, TIMEOUT_S, what="ready"
@@ -144,7 +153,10 @@ def main() -> dict:
         )
         summary["topology"] = TOPOLOGY
         summary["codec_deployed"] = "ImageCodec" in placement
-        summary["ingress_and_codec_on_head"] = placement["Ingress"] == [head_id] and placement.get(
+        # Split: the ingress and codec on the head, only the segmenters on the workers. Fused: the head has
+        # no replica at all, only HAProxy.
+        front = placement["Ingress"] if TOPOLOGY == "split" else [head_id]
+        summary["ingress_and_codec_on_head"] = front == [head_id] and placement.get(
             "ImageCodec", [head_id]
         ) == [head_id]
 

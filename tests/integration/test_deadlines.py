@@ -82,17 +82,17 @@ def prepared(spec: ModelSpec, deadline: float | None, request_id: str):
     return PreparedImage(pixels=pixels, geometry=geometry, options=options)
 
 
-def unbatched(segmenter):
-    """``Segmenter._run_batch`` called directly, without the batcher: one list in, one out."""
-    return lambda items: asyncio.run(segmenter._run_batch([(it, time.perf_counter()) for it in items]))
+def unbatched(worker):
+    """``ModelWorker._run_batch`` called directly, without the batcher: one list in, one out."""
+    return lambda items: asyncio.run(worker._run_batch([(it, time.perf_counter()) for it in items]))
 
 
 def test_segmenter_skips_the_forward_for_items_whose_deadline_passed(repository):
-    """The real Segmenter class (outside Ray Serve, null model): expired items never reach the runner."""
-    from service.deployments.segmenter import Segmenter
+    """The model worker every segmenting replica runs (null model): expired items never reach the runner."""
+    from service.worker import ModelWorker
 
     spec = null_spec(repository)
-    segmenter = Segmenter.func_or_class(spec, None)
+    segmenter = ModelWorker(spec, None)
     seen: list[list[str]] = []
     run = segmenter.runner.run
 
@@ -117,10 +117,10 @@ def test_segmenter_skips_the_forward_for_items_whose_deadline_passed(repository)
 
 
 def test_segmenter_runs_nothing_when_the_whole_batch_expired(repository):
-    from service.deployments.segmenter import Segmenter
+    from service.worker import ModelWorker
 
     spec = null_spec(repository)
-    segmenter = Segmenter.func_or_class(spec, None)
+    segmenter = ModelWorker(spec, None)
     calls = []
     segmenter.runner.run = lambda items, queued_at: calls.append(items) or []
     past = time.time() - 1

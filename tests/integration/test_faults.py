@@ -1,6 +1,6 @@
-"""Faults under load: a segmenter replica killed mid-run, a redeploy with a changed config, and a worker
-node removed from or crashed in a 3-node cluster (``multinode_scenario.py``, in a subprocess with its
-own Ray).
+"""Faults under load: a replica that runs the models killed mid-run, a redeploy with a changed config,
+and a worker node removed from or crashed in a 3-node cluster (``multinode_scenario.py``, in a
+subprocess with its own Ray).
 
 Load comes from closed-loop clients: raw ones (no retries) record every status the service answers;
 the client library's ones (retries on 503 / UNAVAILABLE / RESOURCE_EXHAUSTED with backoff) must
@@ -34,10 +34,10 @@ from tests.integration.apps import (
     ClosedLoop,
     app_is_healthy,
     deploy_app,
+    deployment_replicas,
     extra_app,
     kill_actor,
     light_args,
-    segmenter_replicas,
     temp_repository,
     wait_for,
 )
@@ -62,21 +62,25 @@ def check_results(outcomes, expected) -> None:
         np.testing.assert_array_equal(result.labels, expected[i])
 
 
-def shipped_replicas(repository) -> int:
-    return repository.get(MODEL).deployment.num_replicas
+def shipped_replicas() -> int:
+    """The session app's ingress replicas (fused topology: each one runs every model)."""
+    from service.local import load_serve_config
+
+    return load_serve_config()["applications"][0]["args"]["ingress"]["num_replicas"]
 
 
-def session_healthy(service, repository) -> bool:
-    """Every deployment of the shipped (fused, CPU) topology at its configured replica count."""
-    deployments = {f"Segmenter-{MODEL}": shipped_replicas(repository), "Ingress": 1}
-    return app_is_healthy(service.url, SESSION_APP, deployments)
+def session_healthy(service) -> bool:
+    """The shipped (fused, CPU) topology's one deployment at its configured replica count."""
+    return app_is_healthy(service.url, SESSION_APP, {"Ingress": shipped_replicas()})
 
 
-def test_killed_segmenter_replica_is_replaced_and_no_request_is_lost(service, repository, images):
+def test_killed_model_replica_is_replaced_and_no_request_is_lost(service, images):
+    """An ingress replica (which runs the models, fused) dies under load: HAProxy sends the traffic to the
+    other one, Ray Serve starts a replacement, and the client library loses nothing."""
     bodies, expected = images
-    assert session_healthy(service, repository)
-    replicas = segmenter_replicas()
-    assert len(replicas) == shipped_replicas(repository)
+    assert session_healthy(service)
+    replicas = deployment_replicas("Ingress")
+    assert len(replicas) == shipped_replicas() >= 2
     victim, victim_pid = sorted(replicas.items())[0]
     raw_http = service.http(timeout=120)
     http_client = HttpClient(service.url, timeout_s=120, retry_policy=RETRIES)
@@ -112,16 +116,16 @@ def test_killed_segmenter_replica_is_replaced_and_no_request_is_lost(service, re
         kill_actor(victim)
 
         def replaced() -> bool:
-            now = segmenter_replicas()
-            return len(now) == len(replicas) and victim not in now and session_healthy(service, repository)
+            now = deployment_replicas("Ingress")
+            return len(now) == len(replicas) and victim not in now and session_healthy(service)
 
-        wait_for(replaced, READY_TIMEOUT_S, what="segmenter replaced and service ready")
+        wait_for(replaced, READY_TIMEOUT_S, what="replica replaced and service ready")
         recovery_s = time.monotonic() - killed_at
         time.sleep(2)  # and it serves under load again
         settled = time.monotonic()
     statuses = [o[0] if isinstance(o, tuple) else repr(o) for _, _, o in raw_load.records]
     print(
-        f"segmenter killed under load: back to full health in {recovery_s:.1f}s; raw HTTP answers "
+        f"model replica killed under load: back to full health in {recovery_s:.1f}s; raw HTTP answers "
         f"{statuses.count(200)} x 200, {statuses.count(503)} x 503; client library: "
         f"{len(http_load.records)} HTTP + {len(grpc_load.records)} gRPC calls"
     )
@@ -135,7 +139,7 @@ def test_killed_segmenter_replica_is_replaced_and_no_request_is_lost(service, re
     assert after, "no requests were served after the recovery"
     assert len(http_load.records) + len(grpc_load.records) >= 10
     assert recovery_s < RECOVERY_BOUND_S, recovery_s
-    now = segmenter_replicas()
+    now = deployment_replicas("Ingress")
     assert victim not in now and victim_pid not in now.values() and len(now) == len(replicas)
 
 

@@ -38,7 +38,7 @@ def deployments_of(app: str) -> set[str]:
 
 
 def test_the_session_app_is_fused_and_the_split_app_has_its_codec(service, split_app):
-    assert deployments_of(SESSION_APP) == {"Ingress", "Segmenter-unet-shapes", "Segmenter-panoptic-shapes"}
+    assert deployments_of(SESSION_APP) == {"Ingress"}  # fused: the ingress replicas run the models
     assert deployments_of(APP) == {"Ingress", "ImageCodec", f"Segmenter-{MODEL}"}
 
 
@@ -66,6 +66,27 @@ def test_both_topologies_answer_the_direct_model_call_over_grpc(service, split_a
             timeout=60,
         )
         np.testing.assert_array_equal(decode_label_png(response.mask_png), expected)
+
+
+def test_the_request_id_reaches_every_deployment_of_the_split_topology(service, split_app):
+    """The id the caller sent is in the log lines of the ingress, the codec and the segmenter."""
+    import time
+
+    from tests.integration.test_metrics import lines_with
+
+    request_id = f"split-trace-{time.monotonic_ns()}"
+    with service.http() as client:
+        r = client.post(
+            f"{split_app}/v1/models/{MODEL}/segment",
+            content=png_bytes(make_sample(15, (64, 64)).image),
+            headers={"content-type": "image/png", "x-request-id": request_id},
+        )
+    assert r.status_code == 200 and r.headers["x-request-id"] == request_id
+    wanted = {"Ingress", "ImageCodec", f"Segmenter-{MODEL}"}
+    deadline = time.monotonic() + 20
+    while not wanted <= set(found := lines_with(request_id, APP)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert wanted <= set(found), {k: v[:1] for k, v in found.items()}
 
 
 def test_a_bad_image_gets_the_same_error_from_both_topologies(service, split_app):

@@ -371,7 +371,7 @@ class FakeCore:
 
     def __init__(self, repository, api_key: str | None = None) -> None:
         self.repository, self.api_key = repository, api_key
-        self.segmenters = {name: None for name in repository.names()}  # served models, as the real core
+        self.served = repository.names()  # served models, as the real core
         self.timeouts: list[float | None] = []
         self.flaky_failures = 1
 

@@ -221,13 +221,11 @@ def test_finish_records_once(sink) -> None:
     assert sum(sink.counters.values()) == 1
 
 
-def test_http_call_only_for_segment_paths(sink) -> None:
-    assert isinstance(metrics.http_call("/v1/models", {"m"}, sink=sink), metrics._NoCall)
-    assert isinstance(metrics.http_call("/readyz", {"m"}, sink=sink), metrics._NoCall)
-    with metrics.http_call("/v1/models/m/segment", {"m"}, sink=sink) as call:
+def test_requests_for_models_not_served_share_one_label(sink) -> None:
+    with metrics.request_call("http", "m", {"m"}, sink=sink) as call:
         assert call.model == "m" and call.protocol == "http"
         call.finish(status="200", http_status=200)
-    with metrics.http_call("/prefix/v1/models/zzz/segment", {"m"}, sink=sink) as call:
+    with metrics.request_call("http", "zzz", {"m"}, sink=sink) as call:
         assert call.model == metrics.UNKNOWN_MODEL
         call.finish(status="404", http_status=404)
     assert (
@@ -243,8 +241,6 @@ def test_http_call_only_for_segment_paths(sink) -> None:
         ]
         == 1
     )
-    with metrics.http_call("/healthz", {"m"}, sink=sink) as call:
-        call.finish(status="200", http_status=200)
     assert sum(sink.counters.values()) == 2
 
 

@@ -29,7 +29,7 @@ def core_with(
         (tmp_path / "keys").write_text(lines)
         args["api_keys_file"] = str(tmp_path / "keys")
     repository = load_repository(ROOT / "models" / "repository.yaml")
-    return SegmentationCore(repository, parse_app_settings(args), codec=None, segmenters={})
+    return SegmentationCore(repository, parse_app_settings(args), names=[], models=None)
 
 
 # --- loading keys ---------------------------------------------------------------------------------------
@@ -112,27 +112,47 @@ def test_unauthenticated_is_a_401_naming_the_bearer_scheme():
     )
 
 
-# --- the open paths under a route prefix -------------------------------------------------------------------
+# --- which routes need a key ------------------------------------------------------------------------------
+
+
+class NoModels:
+    """The core's model backend, for routes that never reach a model."""
+
+    async def ready(self) -> list:
+        return []
 
 
 @pytest.mark.parametrize(
-    ("path", "root_path", "inside"),
+    ("method", "path", "open_"),
     [
-        ("/readyz", "", "/readyz"),
-        ("/secure/readyz", "/secure", "/readyz"),
-        ("/secure", "/secure", "/"),
-        ("/securez/readyz", "/secure", "z/readyz"),  # never a match for an open path
-        ("/other/readyz", "/secure", "/other/readyz"),
+        ("GET", "/healthz", True),
+        ("GET", "/readyz", True),
+        ("GET", "/v1/models", False),
+        ("GET", "/v1/models/unet-shapes", False),
+        ("POST", "/v1/models/unet-shapes/segment", False),
+        ("GET", "/docs", False),
+        ("GET", "/openapi.json", False),
     ],
 )
-def test_app_path_strips_the_route_prefix(path, root_path, inside):
-    from starlette.requests import Request
+def test_only_the_probes_are_open_when_keys_are_configured(tmp_path, monkeypatch, method, path, open_):
+    from fastapi.testclient import TestClient
 
-    from service.api.http import OPEN_PATHS, app_path
+    from service.api.http import build_http_app
 
-    request = Request({"type": "http", "method": "GET", "path": path, "root_path": root_path, "headers": []})
-    assert app_path(request) == inside
-    assert (inside in OPEN_PATHS) == (inside == "/readyz")
+    core = core_with(tmp_path, monkeypatch, env="alpha")
+    core.models = NoModels()
+    app = build_http_app()
+    app.state.core = core
+    with TestClient(app) as client:
+        anonymous = client.request(method, path)
+        keyed = client.request(method, path, headers={"authorization": "Bearer alpha"})
+    if open_:
+        assert anonymous.status_code == 200
+    else:
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.json()["error"]["code"] == "unauthenticated"
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        assert keyed.status_code != 401
 
 
 # --- deadline headers -----------------------------------------------------------------------------------
