@@ -26,7 +26,9 @@ VIDEO_EXTRA = "pip install 'segserve-client[video]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segserve-client", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="segserve-client", description="Segment images with a running segserve service (HTTP or gRPC)."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
