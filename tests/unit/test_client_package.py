@@ -84,6 +84,8 @@ print(sorted(loaded & set({HEAVY!r})))
 def test_the_wheel_is_pure_python_and_carries_its_generated_code(tmp_path):
     source = tmp_path / "src"
     shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    # Built with this environment's setuptools (>=77, as the client's build-system asks: grpcio-tools
+    # and torch require it too), so no index is needed; tests/integration builds it the way users do.
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run([*pip_wheel, "-w", tmp_path, source], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
