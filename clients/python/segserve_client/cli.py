@@ -20,9 +20,7 @@ DEFAULT_HTTP = "http://127.0.0.1:8000"
 DEFAULT_GRPC = "127.0.0.1:9000"
 API_KEY_ENV = "SEGSERVE_API_KEY"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
-
-
-VIDEO_EXTRA = "pip install 'segserve-client[video]'"
+VIDEO_EXTRA = "pip install 'segserve-client[video]'"  # OpenCV, only to read video files
 
 
 def build_parser() -> argparse.ArgumentParser:
