@@ -11,10 +11,11 @@ METRICS_PORT ?= 8080
 
 .PHONY: install test lint serve train evaluate proto bench loadtest gpu-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,loadtest]'
+	$(BIN)/pip install -q -e ./clients/python
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -57,6 +58,7 @@ gpu-check: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# Regenerate service/generated/ from protos/ (committed; tests/unit/test_generated.py checks freshness).
+# Regenerate the gRPC code from protos/: service/generated/ and the client's
+# clients/python/segserve_client/_generated/ (committed; tests/unit/test_generated.py checks both).
 proto: $(STAMP)
 	$(BIN)/python -m service.tools.protogen

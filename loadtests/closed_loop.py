@@ -67,8 +67,8 @@ class HttpSender:
 class GrpcSender:
     def __init__(self, target: str, timeout_s: float, verify_png: bool = False) -> None:
         import grpc
+        from segserve_client.grpc import channel_options
 
-        from service.client.grpc import channel_options
         from service.generated.segmentation.v1 import segmentation_pb2 as pb
         from service.generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 

@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from service.client.images import encode_array
+from segserve_client.images import encode_array
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "models" / "repository.yaml"

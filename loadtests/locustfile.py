@@ -43,6 +43,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # locust puts only this file's folder on sys.path
     sys.path.insert(0, _ROOT)
 
+from segserve_client.grpc import channel_options  # noqa: E402
+
 from loadtests.common import (  # noqa: E402
     DEFAULT_IMAGE_SIZES,
     Workload,
@@ -50,7 +52,6 @@ from loadtests.common import (  # noqa: E402
     check_http_answer,
     parse_weighted,
 )
-from service.client.grpc import channel_options  # noqa: E402
 from service.generated.segmentation.v1 import segmentation_pb2 as pb  # noqa: E402
 from service.generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc  # noqa: E402
 

@@ -123,7 +123,7 @@ def wait_ready(args: argparse.Namespace) -> str | None:
                     return None
                 last = f"HTTP {r.status_code}"
             else:
-                from service.client.grpc import GrpcClient
+                from segserve_client.grpc import GrpcClient
 
                 with GrpcClient(args.grpc_target, timeout_s=10) as client:
                     if client.ready():

@@ -1,4 +1,8 @@
-"""``segserve``: the command-line entry point (train, evaluate, serve, and client commands)."""
+"""``segserve``: the service's command line (serve, train, evaluate).
+
+The client commands (``segment``, ``models``, ``stream``) are ``segserve-client``, in the client
+distribution (clients/python).
+"""
 
 from __future__ import annotations
 
@@ -102,37 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=9000)
     p.add_argument("--metrics-port", type=int, default=8080)
     p.set_defaults(func=_serve)
-
-    _add_client_commands(sub)
     return parser
-
-
-def _add_client_commands(sub) -> None:
-    """``segment``, ``models``, ``stream``: implemented in service/client/cli.py (lazy imports)."""
-    from service.client import cli as client
-
-    p = sub.add_parser("segment", help="segment one image with a running service (HTTP or gRPC)")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--model", required=True)
-    p.add_argument("--format", choices=["png", "rle", "raw"], default="png", help="mask encoding on the wire")
-    p.add_argument("--out", help="write the mask PNG here (label map; COCO id PNG for panoptic models)")
-    p.add_argument("--overlay", help="ask for an overlay and write it here (PNG)")
-    p.add_argument("--json", help="write the result summary (classes, segments, timings) here")
-    client.add_target_arguments(p)
-    p.set_defaults(func=client.segment)
-
-    p = sub.add_parser("models", help="list the models a running service serves, with their classes")
-    client.add_target_arguments(p)
-    p.set_defaults(func=client.models)
-
-    p = sub.add_parser("stream", help="stream a video or a folder of images over gRPC; write masks")
-    p.add_argument("source", metavar="VIDEO_OR_FOLDER")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out-dir", help="write <frame_id>.png masks here")
-    p.add_argument("--frame-format", choices=["jpeg", "png"], default="jpeg", help="video frame encoding")
-    p.add_argument("--quiet", action="store_true", help="print only errors and the final fps line")
-    client.add_target_arguments(p, grpc_only=True)
-    p.set_defaults(func=client.stream)
 
 
 def main(argv: list[str] | None = None) -> int:

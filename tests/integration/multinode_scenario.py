@@ -82,9 +82,9 @@ def main() -> dict:
     import ray._private.utils
     from ray import serve
     from ray.cluster_utils import Cluster
+    from segserve_client import ClientError, HttpClient, RetryPolicy
 
     from service.app import build_app
-    from service.client import ClientError, HttpClient, RetryPolicy
     from service.config import load_repository
     from service.local import local_ray_env
     from service.training.shapes import make_sample

@@ -19,9 +19,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from segserve_client import ClientError, GrpcClient, HttpClient, RetryPolicy
+from segserve_client.http import result_from_json
 
-from service.client import ClientError, GrpcClient, HttpClient, RetryPolicy
-from service.client.http import result_from_json
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from service.imaging.encode import decode_label_png
 from service.training.shapes import make_sample

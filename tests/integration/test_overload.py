@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from segserve_client import ClientError, HttpClient, RetryPolicy
 
-from service.client import ClientError, HttpClient, RetryPolicy
 from service.config import load_repository
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from service.imaging.encode import decode_label_png

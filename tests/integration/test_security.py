@@ -12,8 +12,8 @@ import pickle
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from segserve_client import ClientError, GrpcClient, HttpClient
 
-from service.client import ClientError, GrpcClient, HttpClient
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from service.training.shapes import make_sample
 from tests.conftest import png_bytes

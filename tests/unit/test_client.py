@@ -1,4 +1,4 @@
-"""The Python client and the client CLI against real local servers, without Ray.
+"""The Python client (segserve_client) and its CLI against real local servers, without Ray.
 
 HTTP: a tiny ``http.server`` in a thread answers scripted replies whose bodies come from the service's
 own ``result_json`` (over ``encode_result`` / ``encode_label_png``), so the client's decoding is checked
@@ -26,15 +26,15 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from PIL import Image
+from segserve_client import ClientError, GrpcClient, HttpClient, RetryPolicy, SegmentationResult, connect
+from segserve_client.cli import main as cli_main
+from segserve_client.grpc import SERVICE_CODE_TO_GRPC, channel_options
+from segserve_client.images import sniff_content_type
 
 from service.api import grpc as grpc_api
 from service.api.core import model_info
 from service.api.errors import GRPC_STATUS
 from service.api.http import result_json
-from service.cli import main as cli_main
-from service.client import ClientError, GrpcClient, HttpClient, RetryPolicy, SegmentationResult, connect
-from service.client.grpc import SERVICE_CODE_TO_GRPC, channel_options
-from service.client.images import sniff_content_type
 from service.errors import ModelNotFound, Overloaded, Unavailable
 from service.generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from service.imaging.decode import decode_image
@@ -567,6 +567,31 @@ def test_grpc_models_and_health(grpc_server, repository):
             client.get_model("nope")
         assert client.ready()
     assert info.value.status == "NOT_FOUND" and grpc_server.calls["get:nope"] == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "ready"),
+    [
+        (health_pb2.HealthCheckResponse.SERVING, True),
+        (health_pb2.HealthCheckResponse.NOT_SERVING, False),
+        (health_pb2.HealthCheckResponse.UNKNOWN, False),
+        (None, False),  # no health service at all: UNIMPLEMENTED
+    ],
+)
+def test_grpc_ready_reads_the_standard_health_service(status, ready):
+    """The client builds the health messages itself; the server here is grpcio-health-checking's."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    if status is not None:
+        health_servicer = health.HealthServicer()
+        health_servicer.set("", status)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with GrpcClient(f"127.0.0.1:{port}", timeout_s=5) as client:
+            assert client.ready() is ready
+    finally:
+        server.stop(grace=None)
 
 
 # --- CLI ------------------------------------------------------------------------------------------------

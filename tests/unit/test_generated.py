@@ -1,11 +1,19 @@
-"""The committed gRPC code in service/generated/ must be what `make proto` writes from protos/."""
+"""The committed gRPC code, the service's (service/generated/) and the client's
+(clients/python/segserve_client/_generated/), must be what `make proto` writes from protos/; both
+copies load together in one process."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from service.tools.protogen import PACKAGE, generate
+import pytest
+
+from service.tools.protogen import CLIENT, SERVICE, generate
 
 ROOT = Path(__file__).resolve().parents[2]
+SERVICE_PB2 = "service.generated.segmentation.v1.segmentation_pb2"
+CLIENT_PB2 = "segserve_client._generated.segmentation.v1.segmentation_pb2"
 
 
 def stale_files(proto_root: Path, committed_root: Path, tmp: Path) -> list[str]:
@@ -16,7 +24,7 @@ def stale_files(proto_root: Path, committed_root: Path, tmp: Path) -> list[str]:
         rel = path.relative_to(tmp)
         committed = committed_root / rel
         if not committed.exists() or committed.read_bytes() != path.read_bytes():
-            stale.append(str(rel))
+            stale.append(rel.as_posix())
     return stale
 
 
@@ -35,4 +43,33 @@ def test_the_check_fails_on_a_modified_proto(tmp_path):
         )
     )
     stale = stale_files(protos, ROOT, tmp_path / "out")
-    assert f"{PACKAGE}/segmentation/v1/segmentation_pb2.py" in stale
+    for target in (SERVICE, CLIENT):
+        assert (target.root / target.package / "segmentation/v1/segmentation_pb2.py").as_posix() in stale
+
+
+def test_generated_imports_stay_inside_their_package():
+    for target in (SERVICE, CLIENT):
+        grpc_module = ROOT / target.root / target.package / "segmentation/v1/segmentation_pb2_grpc.py"
+        prefix = target.package.replace("/", ".")
+        assert f"from {prefix}.segmentation.v1 import segmentation_pb2 as" in grpc_module.read_text()
+        pb2 = (ROOT / target.root / target.package / "segmentation/v1/segmentation_pb2.py").read_text()
+        assert f"'{prefix}.segmentation.v1.segmentation_pb2'" in pb2
+
+
+@pytest.mark.parametrize("order", [(SERVICE_PB2, CLIENT_PB2), (CLIENT_PB2, SERVICE_PB2)])
+def test_both_copies_load_in_one_process(order):
+    """Both register the same file (segmentation/v1/segmentation.proto) in protobuf's default pool:
+    accepted because identical; under two names the second import would fail ("duplicate symbol").
+    Neither puts a top-level ``segmentation`` module in ``sys.modules``."""
+    script = f"""
+import importlib, sys
+first, second = (importlib.import_module(m) for m in {list(order)!r})
+importlib.import_module({order[1]!r} + "_grpc")
+assert first.SegmentRequest is second.SegmentRequest
+assert first.DESCRIPTOR.name == "segmentation/v1/segmentation.proto"
+request = first.SegmentRequest(model="m", format=first.MASK_FORMAT_RAW)
+assert second.SegmentRequest.FromString(request.SerializeToString()) == request
+assert not any(m == "segmentation" or m.startswith("segmentation.") for m in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from service.generated.segmentation.v1 import segmentation_pb2 as service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2
+from service.generated.segmentation.v1 import segmentation_pb2 as segmentation_dot_v1_dot_segmentation__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in service/generated/segmentation/v1/segmentation_pb2_grpc.py depends on'
+        + ' but the generated code in segmentation/v1/segmentation_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class SegmentationStub:
         """
         self.Segment = channel.unary_unary(
                 '/segmentation.v1.Segmentation/Segment',
-                request_serializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
-                response_deserializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
+                request_serializer=segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
+                response_deserializer=segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
                 _registered_method=True)
         self.SegmentStream = channel.stream_stream(
                 '/segmentation.v1.Segmentation/SegmentStream',
-                request_serializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
-                response_deserializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
+                request_serializer=segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
+                response_deserializer=segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/segmentation.v1.Segmentation/ListModels',
-                request_serializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ListModelsResponse.FromString,
+                request_serializer=segmentation_dot_v1_dot_segmentation__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=segmentation_dot_v1_dot_segmentation__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
                 '/segmentation.v1.Segmentation/GetModel',
-                request_serializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.GetModelRequest.SerializeToString,
-                response_deserializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ModelInfo.FromString,
+                request_serializer=segmentation_dot_v1_dot_segmentation__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=segmentation_dot_v1_dot_segmentation__pb2.ModelInfo.FromString,
                 _registered_method=True)
 
 
@@ -91,23 +91,23 @@ def add_SegmentationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Segment': grpc.unary_unary_rpc_method_handler(
                     servicer.Segment,
-                    request_deserializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.FromString,
-                    response_serializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.SerializeToString,
+                    request_deserializer=segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.FromString,
+                    response_serializer=segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.SerializeToString,
             ),
             'SegmentStream': grpc.stream_stream_rpc_method_handler(
                     servicer.SegmentStream,
-                    request_deserializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.FromString,
-                    response_serializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.SerializeToString,
+                    request_deserializer=segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.FromString,
+                    response_serializer=segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ListModelsRequest.FromString,
-                    response_serializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=segmentation_dot_v1_dot_segmentation__pb2.ListModelsRequest.FromString,
+                    response_serializer=segmentation_dot_v1_dot_segmentation__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
-                    request_deserializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.GetModelRequest.FromString,
-                    response_serializer=service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=segmentation_dot_v1_dot_segmentation__pb2.GetModelRequest.FromString,
+                    response_serializer=segmentation_dot_v1_dot_segmentation__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,8 +135,8 @@ class Segmentation:
             request,
             target,
             '/segmentation.v1.Segmentation/Segment',
-            service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
-            service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
+            segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
+            segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -162,8 +162,8 @@ class Segmentation:
             request_iterator,
             target,
             '/segmentation.v1.Segmentation/SegmentStream',
-            service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
-            service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
+            segmentation_dot_v1_dot_segmentation__pb2.SegmentRequest.SerializeToString,
+            segmentation_dot_v1_dot_segmentation__pb2.SegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -189,8 +189,8 @@ class Segmentation:
             request,
             target,
             '/segmentation.v1.Segmentation/ListModels',
-            service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ListModelsRequest.SerializeToString,
-            service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ListModelsResponse.FromString,
+            segmentation_dot_v1_dot_segmentation__pb2.ListModelsRequest.SerializeToString,
+            segmentation_dot_v1_dot_segmentation__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -216,8 +216,8 @@ class Segmentation:
             request,
             target,
             '/segmentation.v1.Segmentation/GetModel',
-            service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.GetModelRequest.SerializeToString,
-            service_dot_generated_dot_segmentation_dot_v1_dot_segmentation__pb2.ModelInfo.FromString,
+            segmentation_dot_v1_dot_segmentation__pb2.GetModelRequest.SerializeToString,
+            segmentation_dot_v1_dot_segmentation__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from service.client.errors import ClientError
+from segserve_client.errors import ClientError
 
 T = TypeVar("T")
 

@@ -8,15 +8,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.client.decode import decode_labels
-from service.client.errors import ClientError
-from service.client.images import ImageInput, image_bytes
-from service.client.retry import RetryPolicy, call_with_retries
-from service.client.types import ClassCount, SegmentationResult
-from service.generated.segmentation.v1 import segmentation_pb2 as pb
-from service.generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from segserve_client import health
+from segserve_client._generated.segmentation.v1 import segmentation_pb2 as pb
+from segserve_client._generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from segserve_client.decode import decode_labels
+from segserve_client.errors import ClientError
+from segserve_client.images import ImageInput, image_bytes
+from segserve_client.retry import RetryPolicy, call_with_retries
+from segserve_client.types import ClassCount, SegmentationResult
 
 # gRPC's default limit for a received message is 4 MiB. A 20-megapixel image (a 10-30 MB JPEG or
 # PNG) is larger than that on the way in, and its mask (20 MB raw, several MB as PNG) and overlay
@@ -184,12 +184,11 @@ class GrpcClient:
     def ready(self) -> bool:
         """``grpc.health.v1.Health/Check`` says SERVING (every model loaded and warmed). No retries."""
         try:
-            response = health_pb2_grpc.HealthStub(self._channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=min(self.timeout_s, 10), metadata=self._base_metadata
-            )
+            timeout_s = min(self.timeout_s, 10)
+            status = health.check(self._channel, timeout_s=timeout_s, metadata=self._base_metadata)
         except grpc.RpcError:
             return False
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        return status == health.SERVING
 
     def close(self) -> None:
         self._channel.close()

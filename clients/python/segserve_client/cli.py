@@ -1,12 +1,14 @@
-"""The client commands of ``segserve``: ``segment``, ``models`` and ``stream``.
+"""``segserve-client``: ``segment``, ``models`` and ``stream`` against a running service.
 
-``service/cli.py`` registers them; each takes the parsed ``argparse.Namespace`` and returns an exit
-code (0 ok, 1 the service answered with an error or a frame failed). Heavy imports happen inside.
+Each command takes the parsed ``argparse.Namespace`` and returns an exit code (0 ok, 1 the service
+answered with an error or a frame failed, 2 bad arguments). The client modules are imported inside
+the commands, so ``--help`` starts at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -18,6 +20,53 @@ DEFAULT_HTTP = "http://127.0.0.1:8000"
 DEFAULT_GRPC = "127.0.0.1:9000"
 API_KEY_ENV = "SEGSERVE_API_KEY"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+VIDEO_EXTRA = "pip install 'segserve-client[video]'"  # OpenCV, only to read video files
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segserve-client", description="Segment images with a running segserve service (HTTP or gRPC)."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment one image with a running service (HTTP or gRPC)")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--model", required=True)
+    p.add_argument("--format", choices=["png", "rle", "raw"], default="png", help="mask encoding on the wire")
+    p.add_argument("--out", help="write the mask PNG here (label map; COCO id PNG for panoptic models)")
+    p.add_argument("--overlay", help="ask for an overlay and write it here (PNG)")
+    p.add_argument("--json", help="write the result summary (classes, segments, timings) here")
+    add_target_arguments(p)
+    p.set_defaults(func=segment)
+
+    p = sub.add_parser("models", help="list the models a running service serves, with their classes")
+    add_target_arguments(p)
+    p.set_defaults(func=models)
+
+    p = sub.add_parser("stream", help="stream a video or a folder of images over gRPC; write masks")
+    p.add_argument("source", metavar="VIDEO_OR_FOLDER")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out-dir", help="write <frame_id>.png masks here")
+    p.add_argument("--frame-format", choices=["jpeg", "png"], default="jpeg", help="video frame encoding")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the final fps line")
+    add_target_arguments(p, grpc_only=True)
+    p.set_defaults(func=stream)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("segserve-client")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, grpc_only: bool = False) -> None:
@@ -47,17 +96,17 @@ def add_target_arguments(parser: argparse.ArgumentParser, grpc_only: bool = Fals
 def make_client(args: argparse.Namespace):
     kwargs = {"api_key": args.api_key, "timeout_s": args.timeout, "retries": args.retries}
     if getattr(args, "grpc", None):
-        from service.client.grpc import GrpcClient
+        from segserve_client.grpc import GrpcClient
 
         return GrpcClient(args.grpc, **kwargs)
-    from service.client.http import HttpClient
+    from segserve_client.http import HttpClient
 
     return HttpClient(args.url, **kwargs)
 
 
 def segment(args: argparse.Namespace) -> int:
     """Segment one image; write the mask, the overlay and a JSON summary; print a one-line summary."""
-    from service.client.errors import ClientError
+    from segserve_client.errors import ClientError
 
     try:
         with make_client(args) as client:
@@ -81,7 +130,7 @@ def segment(args: argparse.Namespace) -> int:
 
 def models(args: argparse.Namespace) -> int:
     """A table of the served models and their classes."""
-    from service.client.errors import ClientError
+    from segserve_client.errors import ClientError
 
     try:
         with make_client(args) as client:
@@ -113,11 +162,14 @@ def format_models(infos: list[dict]) -> str:
 
 def stream(args: argparse.Namespace) -> int:
     """Stream a folder of images (sorted by name) or a video's frames over gRPC; write masks; print fps."""
-    from service.client.errors import ClientError
+    from segserve_client.errors import ClientError
 
     source = Path(args.source)
     if not source.exists():
         print(f"error: {source} does not exist", file=sys.stderr)
+        return 2
+    if source.is_file() and importlib.util.find_spec("cv2") is None:
+        print(f"error: reading a video needs OpenCV: {VIDEO_EXTRA}, or stream a folder", file=sys.stderr)
         return 2
     out_dir = Path(args.out_dir) if args.out_dir else None
     if out_dir:
@@ -155,7 +207,8 @@ def iter_folder(folder: Path) -> Iterator[tuple[str, bytes]]:
 def iter_video(path: Path, frame_format: str = "jpeg") -> Iterator[tuple[str, bytes]]:
     """``(zero-padded frame index, encoded frame)`` for each frame OpenCV reads from ``path``.
 
-    The file is opened here (an unreadable one raises ``OSError`` at once); frames are read lazily.
+    OpenCV is this package's ``video`` extra. The file is opened here (an unreadable one raises
+    ``OSError`` at once); frames are read lazily.
     """
     import cv2
 

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from service.client.errors import ClientError
+from segserve_client.errors import ClientError
 
 
 class ClassCount(NamedTuple):
@@ -85,9 +85,9 @@ class SegmentationResult:
             return self.mask_png
         if self.labels is None:
             raise ValueError(f"no label map to write (format {self.format!r} has none, or the frame failed)")
-        from service.client.decode import encode_png
+        from segserve_client.decode import encode_label_png
 
-        return encode_png(self.labels)
+        return encode_label_png(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: everything but the pixel arrays and PNG payloads."""

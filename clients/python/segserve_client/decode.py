@@ -1,7 +1,7 @@
-"""Mask payloads -> numpy arrays, the inverse of the service's encodings (service/imaging/encode.py).
+"""Mask payloads -> numpy arrays, the inverse of the service's encodings (its ``imaging/encode.py``).
 
-``service.imaging.encode`` (OpenCV, pycocotools) is imported on first use, so ``import
-service.client`` stays light.
+Pillow and numpy only: the client does not install the service's OpenCV and pycocotools. The
+service's tests check these functions against its own encoders and pycocotools.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import io
 
 import numpy as np
 from PIL import Image
+
+from segserve_client.rle import decode_rle
 
 VOID_LABEL = 255
 """``labels`` value of void pixels when a panoptic id map is turned back into classes (65535 for
@@ -28,9 +30,45 @@ def decode_mask_png(png: bytes, segments: list[dict]) -> tuple[np.ndarray, np.nd
             rgb = np.asarray(image, dtype=np.uint8)
             panoptic = panoptic_ids_from_rgb(rgb)
             return labels_from_panoptic(panoptic, segments), panoptic
-    from service.imaging.encode import decode_label_png
-
     return decode_label_png(png), None
+
+
+def decode_label_png(data: bytes) -> np.ndarray:
+    """A PNG label map -> ``[H, W]``: uint8 for 8-bit grey (or palette indices), uint16 for 16-bit.
+
+    Raises ``ValueError`` for non-PNG data or a mode that is not one channel of integer labels.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format != "PNG":
+            raise ValueError(f"expected a PNG label map, got {image.format}")
+        if image.mode in ("L", "P"):
+            return np.array(image, dtype=np.uint8)
+        if image.mode.startswith("I;16"):
+            return np.array(image).astype(np.uint16)
+        if image.mode == "I":
+            values = np.array(image)
+            if values.min() >= 0 and values.max() <= 65535:
+                return values.astype(np.uint16)
+        raise ValueError(f"PNG mode {image.mode} is not a label map (expected 8- or 16-bit grey)")
+
+
+def encode_label_png(labels: np.ndarray) -> bytes:
+    """Integer label map ``[H, W]`` -> PNG: 8-bit grey when every id is below 256, else 16-bit.
+
+    Raises ``ValueError`` for other dtypes or ranks, an empty map, or ids outside ``0..65535``.
+    """
+    if labels.dtype == np.bool_:
+        labels = labels.view(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 2 or labels.size == 0:
+        raise ValueError(f"expected a non-empty integer [H, W] map, got {labels.dtype} {list(labels.shape)}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > 65535:
+        raise ValueError(f"label ids must be in 0..65535 for a PNG, got {low}..{high}")
+    if labels.dtype not in (np.uint8, np.uint16):
+        labels = labels.astype(np.uint8 if high < 256 else np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(labels)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def panoptic_ids_from_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -65,8 +103,6 @@ def labels_from_raw(data: bytes, dtype: str, height: int, width: int) -> np.ndar
 
 def labels_from_rles(rles: list[dict], height: int, width: int) -> np.ndarray:
     """Per-class COCO RLE (``[{"class_id", "rle": {"size", "counts"}}]``) -> label map ``[H, W]``."""
-    from service.imaging.encode import decode_rle
-
     top = max((int(r["class_id"]) for r in rles), default=0)
     labels = np.zeros((height, width), np.uint8 if top < 256 else np.uint16)
     for item in rles:
@@ -92,9 +128,3 @@ def decode_labels(
     if rles is not None and fmt == "rle":
         return labels_from_rles(rles, height, width), None
     return None, None
-
-
-def encode_png(labels: np.ndarray) -> bytes:
-    from service.imaging.encode import encode_label_png
-
-    return encode_label_png(labels)

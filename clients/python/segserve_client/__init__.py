@@ -1,12 +1,12 @@
 """Python client for the segmentation service, over HTTP or gRPC, with the same calls on both.
 
-    from service.client import connect
+    from segserve_client import connect
     with connect("grpc://127.0.0.1:9000") as client:          # or "http://127.0.0.1:8000"
         result = client.segment("street.jpg", model="unet-shapes")
         result.labels            # numpy [H, W] class ids
         result.classes           # [(id, name, pixels), ...]
 
-Names are imported on first use (PEP 562), so ``segserve --help`` does not pay for grpc and httpx.
+Names are imported on first use (PEP 562), so ``segserve-client --help`` does not pay for grpc and httpx.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.client.errors import ClientError
-    from service.client.grpc import GrpcClient
-    from service.client.http import HttpClient
-    from service.client.retry import RetryPolicy
-    from service.client.types import ClassCount, SegmentationResult
+    from segserve_client.errors import ClientError
+    from segserve_client.grpc import GrpcClient
+    from segserve_client.http import HttpClient
+    from segserve_client.retry import RetryPolicy
+    from segserve_client.types import ClassCount, SegmentationResult
 
 __all__ = [
     "ClassCount",
@@ -32,12 +32,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ClientError": "service.client.errors",
-    "GrpcClient": "service.client.grpc",
-    "HttpClient": "service.client.http",
-    "RetryPolicy": "service.client.retry",
-    "ClassCount": "service.client.types",
-    "SegmentationResult": "service.client.types",
+    "ClientError": "segserve_client.errors",
+    "GrpcClient": "segserve_client.grpc",
+    "HttpClient": "segserve_client.http",
+    "RetryPolicy": "segserve_client.retry",
+    "ClassCount": "segserve_client.types",
+    "SegmentationResult": "segserve_client.types",
 }
 
 
@@ -55,11 +55,11 @@ def connect(url: str, **kwargs: Any) -> HttpClient | GrpcClient:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if sep and scheme in ("grpc", "grpcs"):
-        from service.client.grpc import GrpcClient
+        from segserve_client.grpc import GrpcClient
 
         return GrpcClient(rest.rstrip("/"), secure=scheme == "grpcs", **kwargs)
     if sep and scheme in ("http", "https"):
-        from service.client.http import HttpClient
+        from segserve_client.http import HttpClient
 
         return HttpClient(url, **kwargs)
     raise ValueError(f"cannot tell the protocol of {url!r}: use grpc://host:port or http(s)://host:port")

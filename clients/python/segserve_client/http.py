@@ -11,11 +11,11 @@ from urllib.parse import quote
 
 import httpx
 
-from service.client.decode import decode_labels
-from service.client.errors import HTTP_STATUS_CODES, ClientError
-from service.client.images import ImageInput, image_bytes
-from service.client.retry import RetryPolicy, call_with_retries
-from service.client.types import ClassCount, SegmentationResult
+from segserve_client.decode import decode_labels
+from segserve_client.errors import HTTP_STATUS_CODES, ClientError
+from segserve_client.images import ImageInput, image_bytes
+from segserve_client.retry import RetryPolicy, call_with_retries
+from segserve_client.types import ClassCount, SegmentationResult
 
 RETRY_STATUSES = frozenset({429, 503})
 # Failures where the request cannot have been answered: retried like a 503. A read timeout is not
