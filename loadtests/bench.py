@@ -98,7 +98,7 @@ def results_of(args, plan: Plan, measured: dict[str, Any], meta: dict, started: 
     }
     config.update(image_size=args.image_size, seed=args.seed, timeout_s=args.timeout_s)
     config.update(models=measured["models"], null_model=measured["null_name"], external_service=args.url)
-    config.update(peers=args.peers, peer_models=measured["peer_models"])
+    config.update(peers=args.peers, peer_models=measured["peer_models"], peer_args=args.peer_args)
     results = {
         "meta": meta,
         "config": config,

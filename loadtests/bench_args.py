@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,13 @@ def _add_phase_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", default=",".join(PEER_APPS), help="peer stacks: litserve,fastapi,rayserve")
     p.add_argument("--no-peers", action="store_true", help="skip the peers phase")
     p.add_argument("--peer-models", default="", help="models the peers serve (default: semantic + null)")
+    p.add_argument(
+        "--peer-args",
+        action="append",
+        default=[],
+        metavar="PEER=ARGS",
+        help="more options for a peer app, e.g. 'litserve=--batch-timeout-s 0.01 --fast-queue' (repeatable)",
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -81,11 +89,22 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
     args.peers = [] if args.no_peers else split_list(args.peers)
     if set(args.peers) - set(PEER_APPS):
         p.error(f"--peers: some of {', '.join(PEER_APPS)}")
+    args.peer_args = _peer_args(p, args.peer_args)
     if args.url is None and args.grpc_target is not None:
         p.error("--grpc-target needs --url (a running service)")
     if args.out_dir is None:
         args.out_dir = TMP_DIR if args.quick else RESULTS_DIR
     return args
+
+
+def _peer_args(p: argparse.ArgumentParser, values: list[str]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        peer, sep, options = value.partition("=")
+        if not sep or peer.strip() not in PEER_APPS:
+            p.error(f"--peer-args: PEER=ARGS with PEER one of {', '.join(PEER_APPS)}, got {value!r}")
+        out[peer.strip()] = out.get(peer.strip(), ()) + tuple(shlex.split(options))
+    return out
 
 
 @dataclass

@@ -97,6 +97,11 @@ def section(results: dict[str, Any]) -> list[str]:
     if not results.get("peers") or not models:
         return []
     out = ["## Peers: the same model and work served by other stacks", "", PEERS_NOTE, ""]
+    options = {
+        PEER_LABELS.get(r["peer"], r["peer"]): r["options"] for r in results["peers"] if r.get("options")
+    }
+    if options:
+        out += ["Peer options: " + "; ".join(f"{k} `{' '.join(v)}`" for k, v in options.items()) + ".", ""]
     for model in models:
         out += _model_section(results, model)
     out += ["### Targets", "", *_targets_table(results.get("comparison", {}).get("targets", [])), ""]

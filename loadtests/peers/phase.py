@@ -19,7 +19,8 @@ def run_peer(args, peer: str, model: str, paths: tuple[Path, Path], images, refe
     """One peer on one model: start, check its label maps, sweep the concurrency levels, stop."""
     repository, logs = paths
     log(f"  starting {PEER_LABELS[peer]} for {model} ...")
-    with PeerProcess(peer, repository, model, logs / f"peer-{peer}-{model}.log") as process:
+    options = args.peer_args.get(peer, ())
+    with PeerProcess(peer, repository, model, logs / f"peer-{peer}-{model}.log", options) as process:
         log(f"  {PEER_LABELS[peer]} ready after {process.startup_s:.1f} s")
         maps = labelmaps.check(process.url, model, images, reference)
         if maps["mismatches"]:

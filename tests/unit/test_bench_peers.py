@@ -58,6 +58,7 @@ def peer_results() -> dict:
             "peer": "litserve",
             "model": "m",
             "points": [point("http", "m", 1, 20.0), point("http", "m", 16, 40.0)],
+            "options": ["--fast-queue"],
         },
         {
             "peer": "fastapi",
@@ -111,6 +112,7 @@ def test_report_has_the_peers_section(tmp_path):
     md = (tmp_path / "p.md").read_text()
     assert "**FAILED RUN:** fastapi null: did not run" in md
     assert "## Peers: the same model and work served by other stacks" in md
+    assert "Peer options: LitServe `--fast-queue`." in md
     assert "| ours http | 10.0 | 50.0 | 50.0 (c=16) | 100.0 |" in md
     assert "| LitServe | 1.25 | 1.50 | 0.50 | 2.00 |" in md
     assert "| m: ours/plain FastAPI req/s at saturation, HTTP | 0.50 | >= 1 | **no** |" in md
@@ -119,7 +121,10 @@ def test_report_has_the_peers_section(tmp_path):
         and "| null | LitServe | 16 | 80.0 | 6.0 |" in md
     )
     assert "Label maps: ours, LitServe, plain FastAPI equal the model called directly" in md
-    assert json.loads(Path(paths["json"]).read_text())["comparison"]["ratios"]["m"]["LitServe"]["saturation"] == 1.25
+    assert (
+        json.loads(Path(paths["json"]).read_text())["comparison"]["ratios"]["m"]["LitServe"]["saturation"]
+        == 1.25
+    )
     assert "p-peers" in paths
 
 

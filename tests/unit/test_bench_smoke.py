@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtests import bench, closed_loop, promparse, raw, raw_phase, report
+from loadtests import bench, bench_args, closed_loop, promparse, raw, raw_phase, report
 from loadtests.checks import check_grpc_answer, check_http_answer, check_mask_png, check_png_answer
 from loadtests.common import DEFAULT_REPOSITORY, parse_int_list, parse_size, parse_weighted, servable_models
 from loadtests.images import TestImage, Workload, make_images
@@ -73,6 +73,17 @@ def test_parsers():
     assert raw_phase.raw_batch_sizes("", 8) == (1, 2, 4, 8)
     assert raw_phase.raw_batch_sizes("", 6) == (1, 2, 4, 6)
     assert raw_phase.raw_batch_sizes("1-3", 8) == (1, 2, 3)
+    args = bench_args.parse_args(
+        ["--peers", "litserve", "--peer-args", "litserve=--fast-queue --batch-timeout-s 0.01"]
+    )
+    assert args.peers == ["litserve"] and args.peer_args == {
+        "litserve": ("--fast-queue", "--batch-timeout-s", "0.01")
+    }
+    assert bench_args.parse_args(["--no-peers"]).peers == []
+    assert bench_args.parse_args(["--protocols", "grpc"]).protocols == ["grpc"]
+    for bad in (["--peers", "torchserve"], ["--peer-args", "nobody=--x"], ["--protocols", "udp"]):
+        with pytest.raises(SystemExit):
+            bench_args.parse_args(bad)
 
 
 def test_images_are_seeded_real_and_synthetic(images):
