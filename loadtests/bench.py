@@ -62,8 +62,8 @@ def peer_models(args, repository: Path, models: list[str]) -> list[str]:
 
     if args.peer_models:
         return [m.strip() for m in args.peer_models.split(",") if m.strip()]
-    specs = load_repository(repository)
-    return [m for m in models if specs.get(m) is not None and specs.get(m).task == "semantic"]
+    specs = {spec.name: spec for spec in load_repository(repository).models}
+    return [m for m in models if m in specs and specs[m].task == "semantic"]
 
 
 def run_phases(args, plan: Plan, tmp: Path) -> dict[str, Any]:

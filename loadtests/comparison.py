@@ -42,11 +42,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _rps(point: dict[str, Any] | None) -> float | None:
+def rps(point: dict[str, Any] | None) -> float | None:
     return point["throughput_rps"] if point else None
 
 
-def _p50(point: dict[str, Any] | None) -> float | None:
+def p50(point: dict[str, Any] | None) -> float | None:
     return point["p50_ms"] if point else None
 
 
@@ -58,10 +58,10 @@ def ratios(lines: dict[str, list[dict[str, Any]]], ours: str = OURS) -> dict[str
         if name.startswith("ours"):
             continue
         out[name] = {
-            "saturation": _ratio(_rps(best(mine)), _rps(best(points))),
-            "grpc_saturation": _ratio(_rps(best(lines.get("ours grpc", []))), _rps(best(points))),
-            "c1_rps": _ratio(_rps(at(mine, 1)), _rps(at(points, 1))),
-            "c1_p50": _ratio(_p50(at(mine, 1)), _p50(at(points, 1))),
+            "saturation": _ratio(rps(best(mine)), rps(best(points))),
+            "grpc_saturation": _ratio(rps(best(lines.get("ours grpc", []))), rps(best(points))),
+            "c1_rps": _ratio(rps(at(mine, 1)), rps(at(points, 1))),
+            "c1_p50": _ratio(p50(at(mine, 1)), p50(at(points, 1))),
         }
     return out
 
@@ -80,7 +80,7 @@ def _target(text: str, value: float | None, limit: float, at_least: bool) -> dic
 def _model_targets(model: str, lines: dict, null: bool) -> list[dict[str, Any]]:
     r = ratios(lines)
     litserve, fastapi = r.get(PEER_LABELS["litserve"], {}), r.get(PEER_LABELS["fastapi"], {})
-    grpc_http = _ratio(_rps(best(lines.get("ours grpc", []))), _rps(best(lines.get(OURS, []))))
+    grpc_http = _ratio(rps(best(lines.get("ours grpc", []))), rps(best(lines.get(OURS, []))))
     out = [
         _target(f"{model}: ours/LitServe req/s at saturation, HTTP", litserve.get("saturation"), 1.0, True)
     ]

@@ -17,10 +17,10 @@ def _sweep_table(lines: dict[str, list[dict]], concurrency: list[int], raw_best:
     )
     rows = [head, "|---|" + "---:|" * (len(concurrency) + 2)]
     for name, points in lines.items():
-        cells = " | ".join(fmt(cmp._rps(cmp.at(points, c)), 1) for c in concurrency)
+        cells = " | ".join(fmt(cmp.rps(cmp.at(points, c)), 1) for c in concurrency)
         top = cmp.best(points)
         best_cell = f"{fmt(top['throughput_rps'], 1)} (c={top['concurrency']})" if top else "-"
-        rows.append(f"| {name} | {cells} | {best_cell} | {fmt(cmp._p50(cmp.at(points, 1)))} |")
+        rows.append(f"| {name} | {cells} | {best_cell} | {fmt(cmp.p50(cmp.at(points, 1)))} |")
     if raw_best:
         blanks = " | ".join("" for _ in concurrency)
         label = f"{fmt(raw_best['images_per_s'], 1)} img/s ({raw_best['layout']}, b{raw_best['batch_size']})"
