@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable
 
 from loadtests import labelmaps, report  # noqa: E402
 from loadtests.bench_args import Plan, parse_args, plan_models  # noqa: E402
-from loadtests.common import TMP_DIR, log, servable_models  # noqa: E402
+from loadtests.common import TMP_DIR, log, servable_models, split_list  # noqa: E402
 from loadtests.images import describe, make_images  # noqa: E402
 from loadtests.machine import machine_meta, result_stem  # noqa: E402
 from loadtests.peers.phase import run_peers  # noqa: E402
@@ -61,7 +61,7 @@ def peer_models(args, repository: Path, models: list[str]) -> list[str]:
     from service.config import load_repository
 
     if args.peer_models:
-        return [m.strip() for m in args.peer_models.split(",") if m.strip()]
+        return split_list(args.peer_models)
     specs = {spec.name: spec for spec in load_repository(repository).models}
     return [m for m in models if m in specs and specs[m].task == "semantic"]
 
