@@ -5,6 +5,11 @@ Ray names its worker processes after the actor they host (``ray::ServeReplica:<a
 says how many milliseconds of CPU each part of the pipeline spends per request. This is how we found
 that the codec deployment's two hops cost more CPU than its own work on a 2-core machine
 (docs/architecture.md). Only meaningful when the service runs on this machine.
+
+``Roles`` says which processes are whose: the benchmark's own descendants (our service, started
+in-process) by Ray's names; each peer's process tree (``peers``: root pid -> label) as
+``<label>: <part>``; everything else by Ray's names too, or as ``other`` with ``outside_by_name``
+off (so another Ray cluster on a shared machine is not counted as ours).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -19,10 +25,44 @@ _REPLICA = re.compile(r"ray::ServeReplica:[^:]+:(?P<deployment>[\w-]+)")
 _SYSTEM = ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env", "agent")
 
 
-def role(name: str, cmdline: str, own_pid: int, pid: int) -> str:
-    """A process's part in the pipeline, from its name and command line."""
-    if pid == own_pid:
-        return "load generator"
+@dataclass(frozen=True)
+class Process:
+    ppid: int
+    name: str
+    cmdline: str
+    cpu_s: float
+
+
+@dataclass(frozen=True)
+class Roles:
+    peers: dict[int, str] = field(default_factory=dict)
+    outside_by_name: bool = True
+    own_pid: int = field(default_factory=os.getpid)
+
+    def of(self, pid: int, table: dict[int, Process]) -> str:
+        """The role of ``pid``, from its name and which known tree it is in."""
+        if pid == self.own_pid:
+            return "load generator"
+        proc = table[pid]
+        root = self._root(pid, table)
+        if root == self.own_pid or (root is None and self.outside_by_name):
+            return role(proc.name, proc.cmdline)
+        if root is None:
+            return "other"
+        return f"{self.peers[root]}: {peer_part(proc.name, proc.cmdline, pid == root)}"
+
+    def _root(self, pid: int, table: dict[int, Process]) -> int | None:
+        seen = set()
+        while pid in table and pid not in seen:
+            if pid == self.own_pid or pid in self.peers:
+                return pid
+            seen.add(pid)
+            pid = table[pid].ppid
+        return None
+
+
+def role(name: str, cmdline: str) -> str:
+    """A process's part in a Ray Serve pipeline, from its name and command line."""
     text = f"{name} {cmdline}"
     if match := _REPLICA.search(text):
         return match.group("deployment")
@@ -37,23 +77,34 @@ def role(name: str, cmdline: str, own_pid: int, pid: int) -> str:
     return "other"
 
 
-def snapshot() -> dict[int, tuple[str, float]]:
+def peer_part(name: str, cmdline: str, is_root: bool) -> str:
+    """A peer process's part: Ray's names in a Ray peer, else the process the bench started
+    (``main``), the processes it spawned (``workers``: LitServe's inference workers) or forked
+    (``servers``: LitServe's uvicorn servers and its queue manager)."""
+    ray_role = role(name, cmdline)
+    if ray_role != "other":
+        return ray_role
+    if is_root:
+        return "main"
+    return "workers" if "spawn_main" in cmdline else "servers"
+
+
+def snapshot(roles: Roles | None = None) -> dict[int, tuple[str, float]]:
     """pid -> (role, CPU seconds so far) for every process we may read."""
-    own = os.getpid()
-    found = {}
-    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+    roles = roles or Roles()
+    table = {}
+    for proc in psutil.process_iter(["ppid", "name", "cmdline", "cpu_times"]):
         try:
             times = proc.info["cpu_times"]
             if times is None:
                 continue
             cmdline = " ".join(proc.info["cmdline"] or [])[:300]
-            found[proc.pid] = (
-                role(proc.info["name"] or "", cmdline, own, proc.pid),
-                times.user + times.system,
+            table[proc.pid] = Process(
+                proc.info["ppid"] or 0, proc.info["name"] or "", cmdline, times.user + times.system
             )
         except (psutil.Error, TypeError):
             continue
-    return found
+    return {pid: (roles.of(pid, table), p.cpu_s) for pid, p in table.items()}
 
 
 def cpu_by_role(
@@ -71,3 +122,10 @@ def per_request_ms(spent: dict[str, float], requests: int) -> dict[str, float]:
     if requests <= 0:
         return {}
     return {name: round(1000 * seconds / requests, 2) for name, seconds in spent.items()}
+
+
+def service_ms(per_request: dict[str, float]) -> float | None:
+    """CPU ms per request of the system under test: every role but the load generator and ``other``."""
+    if not per_request:
+        return None
+    return sum(ms for r, ms in per_request.items() if r not in ("load generator", "other"))

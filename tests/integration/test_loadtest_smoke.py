@@ -1,6 +1,6 @@
 """Smoke runs of loadtests/ against the session's real service: locust over HTTP and gRPC, and the
-benchmark's closed-loop client, metrics reader and report. They prove the code paths work, so the
-load tests and the benchmark do not rot; the numbers they measure mean nothing."""
+benchmark's label-map check, closed-loop client, metrics reader and report. They prove the code paths
+work, so the load tests and the benchmark do not rot; the numbers they measure mean nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from loadtests import closed_loop, promparse, report
-from loadtests.common import make_images
+from loadtests import closed_loop, labelmaps, promparse, report
+from loadtests.common import DEFAULT_REPOSITORY
+from loadtests.images import make_images
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +49,11 @@ def test_bench_closed_loop_metrics_and_report(service, tmp_path):
     served = served_models(service)
     model = "unet-shapes" if "unet-shapes" in served else served[0]
     images = make_images((96, 96), seed=0, synthetic=2)
-    points = [closed_loop.PointSpec(p, model, c) for p in ("http", "grpc") for c in (1, 4)]
+    # The served label maps are the model's own, called directly with the service's functions.
+    reference = labelmaps.direct(DEFAULT_REPOSITORY, model, images)
+    assert labelmaps.check(service.url, model, images, reference) == {"images": 5, "mismatches": []}
+    points = [closed_loop.PointSpec(p, model, c) for p in ("http-json", "grpc") for c in (1, 4)]
+    points.append(closed_loop.PointSpec("http", model, 4))  # Accept: image/png, the peers' answer
     before = promparse.histograms(promparse.scrape(service.metrics_url))
     rows = closed_loop.measure(
         points,
@@ -65,13 +70,17 @@ def test_bench_closed_loop_metrics_and_report(service, tmp_path):
     for row in rows:
         assert row["requests"] > 0 and row["errors"] == 0, row
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
-        assert {"decode", "preprocess", "queue", "forward", "postprocess", "encode", "total"} <= set(
-            row["stage_mean_ms"]
-        )
-        assert row["mean_batch_size"] >= 1 and row["outside_server_ms"] is not None
+        assert row["mean_batch_size"] >= 1  # from the JSON, the protobuf, or the PNG's x-batch-size header
         # CPU by process: the real service's HAProxy and ingress replicas (which run the models) spent some
         cpu = row["cpu_ms_per_request"]
         assert {"haproxy", "Ingress"} <= set(cpu) and cpu["Ingress"] > 0 and cpu["haproxy"] > 0, cpu
+        if row["protocol"] == "http":
+            assert row["stage_mean_ms"] == {}  # a PNG body carries no timings
+            continue
+        assert {"decode", "preprocess", "queue", "forward", "postprocess", "encode", "total"} <= set(
+            row["stage_mean_ms"]
+        )
+        assert row["outside_server_ms"] is not None
     # The metrics endpoint parses; Ray exports with a delay, so the new batches may not be in yet.
     after = promparse.histograms(promparse.scrape(service.metrics_url))
     for means in promparse.mean_batch_sizes(promparse.delta(before, after)).values():
@@ -89,6 +98,7 @@ def test_bench_closed_loop_metrics_and_report(service, tmp_path):
     }  # fmt: skip
     paths = report.write(results, tmp_path / "smoke")
     assert json.loads(Path(paths["json"]).read_text())["headline"][model]["grpc"]["served_max_rps"] > 0
-    assert "## Served (closed loop)" in Path(paths["md"]).read_text()
+    md = Path(paths["md"]).read_text()
+    assert "## Served (closed loop)" in md and f"| http | {model} | 4 |" in md
     with Image.open(paths["smoke-throughput"]) as png:
         assert png.format == "PNG"

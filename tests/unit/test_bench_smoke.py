@@ -20,20 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtests import bench, closed_loop, promparse, raw, report, served
-from loadtests.common import (
-    DEFAULT_REPOSITORY,
-    TestImage,
-    Workload,
-    check_grpc_answer,
-    check_http_answer,
-    check_mask_png,
-    make_images,
-    parse_int_list,
-    parse_size,
-    parse_weighted,
-    servable_models,
-)
+from loadtests import bench, bench_args, closed_loop, promparse, raw, raw_phase, report
+from loadtests.checks import check_grpc_answer, check_http_answer, check_mask_png, check_png_answer
+from loadtests.common import DEFAULT_REPOSITORY, parse_int_list, parse_size, parse_weighted, servable_models
+from loadtests.images import TestImage, Workload, make_images
+from loadtests.repository import write_repository
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from service.generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from service.imaging.encode import encode_label_png
@@ -77,11 +68,22 @@ def test_parsers():
         parse_size("512")
     assert parse_int_list("1,4,16") == [1, 4, 16]
     assert parse_int_list("1-3,8") == [1, 2, 3, 8]
-    assert raw.parse_layouts("1x2, 2x1") == [(1, 2), (2, 1)]
-    assert raw.default_layouts(2, 1) == [(1, 2), (1, 1), (2, 1)]
-    assert bench.raw_batch_sizes("", 8) == (1, 2, 4, 8)
-    assert bench.raw_batch_sizes("", 6) == (1, 2, 4, 6)
-    assert bench.raw_batch_sizes("1-3", 8) == (1, 2, 3)
+    assert raw_phase.parse_layouts("1x2, 2x1") == [(1, 2), (2, 1)]
+    assert raw_phase.default_layouts(2, 1) == [(1, 2), (1, 1), (2, 1)]
+    assert raw_phase.raw_batch_sizes("", 8) == (1, 2, 4, 8)
+    assert raw_phase.raw_batch_sizes("", 6) == (1, 2, 4, 6)
+    assert raw_phase.raw_batch_sizes("1-3", 8) == (1, 2, 3)
+    args = bench_args.parse_args(
+        ["--peers", "litserve", "--peer-args", "litserve=--fast-queue --batch-timeout-s 0.01"]
+    )
+    assert args.peers == ["litserve"] and args.peer_args == {
+        "litserve": ("--fast-queue", "--batch-timeout-s", "0.01")
+    }
+    assert bench_args.parse_args(["--no-peers"]).peers == []
+    assert bench_args.parse_args(["--protocols", "grpc"]).protocols == ["grpc"]
+    for bad in (["--peers", "torchserve"], ["--peer-args", "nobody=--x"], ["--protocols", "udp"]):
+        with pytest.raises(SystemExit):
+            bench_args.parse_args(bad)
 
 
 def test_images_are_seeded_real_and_synthetic(images):
@@ -142,6 +144,13 @@ def test_answer_checks(images):
     assert check_http_answer(503, error, image, "m").reason == "HTTP 503 overloaded"
     assert check_http_answer(200, b"<html>", image, "m").reason == "HTTP 200 with a body that is not JSON"
 
+    # Accept: image/png (ours and the peers): the PNG itself is the body
+    assert check_png_answer(200, png, image, "3") == type(checked)(None, {}, 3)
+    assert check_png_answer(200, png, image, verify_png=False).reason is None
+    assert check_png_answer(200, b"{}", image, verify_png=False).reason == "body is not a PNG"
+    assert check_png_answer(200, png[:20], image).reason.startswith("mask PNG does not decode")
+    assert check_png_answer(422, b'{"detail": []}', image).reason == "HTTP 422"
+
     response = pb.SegmentResponse(model="m", width=width, height=height, mask_png=png, batch_size=2)
     response.timings_ms["total"] = 5.0
     assert check_grpc_answer(response, image, "m").reason is None
@@ -156,7 +165,7 @@ def test_write_repository_adds_a_null_model(tmp_path):
     from service.config import load_repository
 
     available, _ = servable_models()
-    path, null_name = served.write_repository(DEFAULT_REPOSITORY, available[:1], True, tmp_path / "r")
+    path, null_name = write_repository(DEFAULT_REPOSITORY, available[:1], True, tmp_path / "r")
     repository = load_repository(path)
     assert repository.names() == [*available[:1], "null"] and null_name == "null"
     null = repository.get("null")
@@ -169,7 +178,7 @@ def test_write_repository_adds_a_null_model(tmp_path):
 
 
 def test_raw_in_process(tmp_path, images):
-    path, _ = served.write_repository(DEFAULT_REPOSITORY, [], True, tmp_path / "r")
+    path, _ = write_repository(DEFAULT_REPOSITORY, [], True, tmp_path / "r")
     config = raw.RawConfig(
         path, "null", tuple(images), (1, 3), duration_s=0.02, min_iterations=2, warmup_iterations=1
     )
@@ -179,18 +188,18 @@ def test_raw_in_process(tmp_path, images):
     for row in out["batches"].values():
         assert row["images_per_s"] > 0 and row["iterations"] >= 2
         assert row["images"] == row["iterations"] * row["batch_size"]
-    lay = raw.aggregate([out, out], 2, 1)
+    lay = raw_phase.aggregate([out, out], 2, 1)
     assert lay["layout"] == "2x1"
     assert lay["batches"]["1"]["images_per_s"] == pytest.approx(2 * out["batches"]["1"]["images_per_s"])
-    assert raw.best([lay])["layout"] == "2x1"
+    assert raw_phase.best([lay])["layout"] == "2x1"
 
 
 def test_bench_main_raw_only_spawns_processes(tmp_path):
     """bench.main end to end without a service: temporary repository, 2 spawned processes, report."""
     code = bench.main(
-        ["--quick", "--no-served", "--models", "null", "--raw-layouts", "2x1", "--raw-batch-sizes", "1,2",
-         "--raw-duration-s", "0.05", "--images", "1", "--image-size", "64", "--out-dir", str(tmp_path),
-         "--label", "unit"]
+        ["--quick", "--no-served", "--no-peers", "--models", "null", "--raw-layouts", "2x1",
+         "--raw-batch-sizes", "1,2", "--raw-duration-s", "0.05", "--images", "1", "--image-size", "64",
+         "--out-dir", str(tmp_path), "--label", "unit"]
     )  # fmt: skip
     assert code == 0
     [result] = tmp_path.glob("*-unit.json")
@@ -217,7 +226,7 @@ def test_closed_loop_http_counts_successes_and_failures(images):
         return httpx.Response(200, json=answer_json(model, request.content, batch_size=2))
 
     [row] = closed_loop.measure(
-        [closed_loop.PointSpec("http", "m", 3)],
+        [closed_loop.PointSpec("http-json", "m", 3)],
         images,
         url="http://test",
         warmup_s=0.05,
