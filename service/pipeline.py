@@ -20,6 +20,7 @@ from service.imaging.encode import (
     encode_rgb_png,
 )
 from service.imaging.geometry import fit_to_policy
+from service.imaging.instance import Instances, class_pixels, describe_instances
 from service.imaging.overlay import blend_overlay, palette
 from service.types import ClassPresence, PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
@@ -57,7 +58,7 @@ def check_format(spec: ModelSpec, options: SegmentOptions) -> None:
 def encode_result(segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:
     """Encode the label map (and panoptic segments) as the caller asked."""
     if segmentation.instances is not None:
-        return encode_instance_result(segmentation, spec)
+        return encode_instance_result(segmentation, segmentation.instances, spec)
     t0 = time.perf_counter()
     options = segmentation.options
     labels = segmentation.labels
@@ -101,17 +102,16 @@ def encode_result(segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:
     return result
 
 
-def encode_instance_result(segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:
+def encode_instance_result(
+    segmentation: Segmentation, instances: Instances, spec: ModelSpec
+) -> SegmentResult:
     """An instance model's answer: the ``instances`` list (with per-instance RLE or polygons for those
     formats), the instance id map as PNG (``png``) or bytes (``raw``), instances coloured in the overlay.
 
     ``classes`` counts, per class, the pixels of the instances that own them in the id map.
     """
-    from service.imaging.instance import class_pixels, describe_instances
-
     t0 = time.perf_counter()
-    options, instances, ids = segmentation.options, segmentation.instances, segmentation.labels
-    assert instances is not None
+    options, ids = segmentation.options, segmentation.labels
     names = {c.id: c.name for c in spec.classes}
     result = SegmentResult(
         model=spec.name,

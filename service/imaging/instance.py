@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pycocotools.mask as mask_utils
 
-from service.imaging.encode import encode_polygons, encode_rle
+from service.imaging.encode import encode_polygons
 
 # The id map is 8-bit while every id fits, as encode_label_png writes uint8 maps 8-bit and uint16 16-bit.
 _MAX_8BIT_ID = 255
@@ -130,9 +131,21 @@ def coco_bbox(box: np.ndarray) -> list[float]:
     return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
 
 
-def instance_rle(instances: Instances, k: int) -> dict:
-    """Instance ``k``'s mask as COCO compressed RLE ``{"size": [H, W], "counts": str}``."""
-    return encode_rle(full_mask(instances, k))
+def instance_rles(instances: Instances) -> list[dict]:
+    """Every instance's mask as COCO compressed RLE ``{"size": [H, W], "counts": str}``, in order.
+
+    One Fortran-ordered image buffer is reused: each crop is written in, encoded and cleared, instead
+    of a whole-image mask built (and copied to column order) per instance.
+    """
+    buffer = np.zeros((instances.height, instances.width), np.uint8, order="F")
+    size = [instances.height, instances.width]
+    rles = []
+    for crop, (x0, y0) in zip(instances.masks, instances.origins, strict=True):
+        region = buffer[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]]
+        region[...] = crop
+        rles.append({"size": list(size), "counts": mask_utils.encode(buffer)["counts"].decode("ascii")})
+        region[...] = 0
+    return rles
 
 
 def instance_polygons(instances: Instances, k: int) -> list[list[float]]:
@@ -154,6 +167,7 @@ def describe_instances(instances: Instances, names: dict[int, str], mask_format:
     (``[x, y, w, h]`` of the detector's box), ``area`` (mask pixels), plus ``rle`` for
     ``mask_format="rle"`` or ``polygons`` for ``"polygons"``.
     """
+    rles = instance_rles(instances) if mask_format == "rle" else None
     out = []
     for k in range(len(instances)):
         category = int(instances.class_ids[k])
@@ -165,8 +179,8 @@ def describe_instances(instances: Instances, names: dict[int, str], mask_format:
             "bbox": coco_bbox(instances.boxes[k]),
             "area": int(instances.masks[k].sum()),
         }
-        if mask_format == "rle":
-            item["rle"] = instance_rle(instances, k)
+        if rles is not None:
+            item["rle"] = rles[k]
         elif mask_format == "polygons":
             item["polygons"] = instance_polygons(instances, k)
         out.append(item)

@@ -22,7 +22,7 @@ from service.imaging.instance import (
     full_mask,
     instance_id_map,
     instance_polygons,
-    instance_rle,
+    instance_rles,
     make_instances,
     to_coco_results,
 )
@@ -75,8 +75,9 @@ def test_instances_are_sorted_by_score_with_everything_that_belongs_to_them(scen
 
 def test_rle_round_trips_to_the_exact_mask_with_its_area(scene):
     masks, inst = scene
+    rles = instance_rles(inst)
     for k, original in enumerate([masks[1], masks[2], masks[0]]):
-        rle = instance_rle(inst, k)
+        rle = rles[k]
         assert rle["size"] == [H, W] and isinstance(rle["counts"], str)
         np.testing.assert_array_equal(decode_rle(rle), original)
         assert rle_area(rle) == original.sum()
