@@ -18,6 +18,9 @@ to original pixel coordinates with torchvision's own ``resize_boxes``.
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -49,10 +52,19 @@ def apply_thresholds(model: nn.Module, params: InstanceSpec) -> nn.Module:
     return model
 
 
-def detect(model: nn.Module, images: ImageList) -> list[dict[str, torch.Tensor]]:
+def detect(
+    model: nn.Module, images: ImageList, autocast: contextlib.AbstractContextManager | None = None
+) -> list[dict[str, torch.Tensor]]:
     """Mask R-CNN without its transform: normalised padded batch -> per image ``boxes [N, 4]`` (at the
-    size in ``images.image_sizes``), ``labels [N]``, ``scores [N]``, ``masks [N, 1, 28, 28]`` (soft)."""
-    features = model.backbone(images.tensors)
+    size in ``images.image_sizes``), ``labels [N]``, ``scores [N]``, ``masks [N, 1, 28, 28]`` (soft).
+
+    ``autocast`` (fp16/bf16) covers the backbone only, where the work is. The RPN and box heads run in
+    fp32: torchvision's box decoding casts the proposals to the deltas' dtype, and fp16 has a step of
+    1 px between 1024 and 2048, bf16 8 px, which would move boxes (and the masks pasted into them).
+    """
+    with autocast or contextlib.nullcontext():
+        features = model.backbone(images.tensors)
+    features = OrderedDict((name, f.float()) for name, f in features.items())
     proposals, _ = model.rpn(images, features)
     detections, _ = model.roi_heads(features, proposals, images.image_sizes)
     return detections
@@ -121,8 +133,8 @@ class InstanceRunner(Runner):
         return ImageList(x, [tuple(item.geometry.scaled) for item in items])
 
     def forward(self, images: ImageList) -> list[dict[str, torch.Tensor]]:  # type: ignore[override]
-        with torch.inference_mode(), self._autocast():
-            return detect(self.model, images)
+        with torch.inference_mode():
+            return detect(self.model, images, self._autocast())
 
     def postprocess(
         self, detections: list[dict[str, torch.Tensor]], items: list[PreparedImage]

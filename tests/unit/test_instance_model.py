@@ -214,3 +214,17 @@ def test_the_runner_is_chosen_by_task_and_refuses_other_tasks(model, spec, repos
     with pytest.raises(ValueError, match="not an instance model"):
         InstanceRunner(semantic, model)
     assert type(build_runner(semantic, repository.weights_path(semantic))) is Runner
+
+
+def test_under_bf16_autocast_the_backbone_is_reduced_and_the_box_heads_stay_fp32(model):
+    """bf16 has 8 bits of mantissa: boxes decoded in it would sit on a 0.5 px grid between 64 and 128."""
+    spec = instance_spec(deployment={"precision": "bf16"})
+    runner = InstanceRunner(spec, copy.deepcopy(model))
+    assert runner.autocast_dtype == torch.bfloat16
+    images = runner._to_device([prepared(noise(96, 128, 6), spec)])
+    with torch.inference_mode(), runner._autocast():
+        assert runner.model.backbone(images.tensors)["0"].dtype == torch.bfloat16
+    (detections,) = runner.forward(images)
+    boxes = detections["boxes"]
+    assert boxes.dtype == torch.float32 and len(boxes) > 0
+    assert (boxes != boxes.to(torch.bfloat16).float()).any()
