@@ -88,10 +88,18 @@ def paste_mask_crops(
         resized = F.interpolate(mask[None], size=size, mode="bilinear", align_corners=False)[0, 0]
         left, top = min(max(x1, 0), width), min(max(y1, 0), height)
         right, bottom = max(min(x2 + 1, width), left), max(min(y2 + 1, height), top)
-        crop = resized[top - y1 : bottom - y1, left - x1 : right - x1] > threshold
-        crops.append(crop.cpu().numpy())
+        crops.append(resized[top - y1 : bottom - y1, left - x1 : right - x1] > threshold)
         origins.append((left, top))
-    return crops, np.asarray(origins, np.int64).reshape(-1, 2)
+    return _to_host(crops), np.asarray(origins, np.int64).reshape(-1, 2)
+
+
+def _to_host(crops: list[torch.Tensor]) -> list[np.ndarray]:
+    """Bool crops on the device -> numpy, in one copy (one device sync, not one per instance)."""
+    if not crops:
+        return []
+    flat = torch.cat([c.reshape(-1) for c in crops]).cpu().numpy()
+    sizes = np.cumsum([c.numel() for c in crops])[:-1]
+    return [part.reshape(c.shape) for part, c in zip(np.split(flat, sizes), crops, strict=True)]
 
 
 def instances_at_original(
