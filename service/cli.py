@@ -31,6 +31,8 @@ def _train(args: argparse.Namespace) -> int:
     if found is None:
         return 2
     repo, spec = found
+    if spec.task == "instance":
+        return _trained_elsewhere(spec.name)
     if spec.task == "panoptic":
         from service.training import panoptic
 
@@ -54,6 +56,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if found is None:
         return 2
     repo, spec = found
+    if spec.task == "instance":
+        return _trained_elsewhere(spec.name)
     if spec.task == "panoptic":
         from service.training import panoptic
 
@@ -65,6 +69,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate(model, spec, held_out_seeds(args.images), progress=True)
     print(json.dumps({"model": spec.name, "held_out": report.as_dict()}, indent=1))
     return 0
+
+
+def _trained_elsewhere(name: str) -> int:
+    print(
+        f"{name} is an instance model: train and evaluate it with torchvision, then serve its state dict "
+        "as safetensors (docs/instance.md)",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -37,13 +37,23 @@ class ClassSpec(Strict):
 class InputPolicy(Strict):
     """How the codec turns an arbitrary image into the model's input, and back."""
 
-    mode: Literal["letterbox", "resize", "pad"] = "letterbox"
+    mode: Literal["letterbox", "resize", "pad", "shortest_edge"] = "letterbox"
     """letterbox: scale the longer side to ``size`` keeping the aspect ratio, then pad to a multiple of
-    ``size_divisor``; resize: stretch to ``size`` x ``size``; pad: keep the pixels, pad only."""
+    ``size_divisor``; resize: stretch to ``size`` x ``size``; pad: keep the pixels, pad only;
+    shortest_edge: scale the shorter side to ``size`` unless the longer side would pass ``max_size``
+    (torchvision's detection transform, ``min_size`` / ``max_size``), then pad."""
     size: int = Field(128, ge=16, le=8192)
     size_divisor: int = Field(16, ge=1)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    max_size: int | None = Field(None, ge=16, le=16384)
+    """shortest_edge only: the cap on the longer side (None: no cap)."""
+
+    @model_validator(mode="after")
+    def _check_max_size(self) -> InputPolicy:
+        if self.max_size is not None and self.mode != "shortest_edge":
+            raise ValueError(f"max_size is for mode shortest_edge (mode is {self.mode})")
+        return self
 
 
 class BatchingSpec(Strict):
@@ -105,10 +115,30 @@ class PanopticSpec(Strict):
         return self
 
 
+class InstanceSpec(Strict):
+    """Instance post-processing: which detections are kept, and where a soft mask becomes a pixel."""
+
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """Detections scoring below this are dropped (torchvision's ``box_score_thresh``)."""
+    nms_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    """Per-class box NMS IoU (``box_nms_thresh``)."""
+    max_detections: int = Field(100, ge=1, le=65535)
+    """At most this many instances per image, the highest scores (``box_detections_per_img``); the
+    instance id PNG is 8-bit up to 255 instances, 16-bit beyond."""
+    mask_threshold: float = Field(0.5, ge=0.0, lt=1.0)
+    """A pixel belongs to an instance where its mask probability is above this."""
+
+
 class ModelSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
-    task: Literal["semantic", "panoptic"]
-    architecture: Literal["unet", "panoptic_unet", "null"]
+    task: Literal["semantic", "panoptic", "instance"]
+    architecture: Literal[
+        "unet",
+        "panoptic_unet",
+        "null",
+        "torchvision.maskrcnn_resnet50_fpn",
+        "torchvision.maskrcnn_resnet50_fpn_v2",
+    ]
     arguments: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the architecture's builder (checked when the model is built)."""
     weights: str | None = None
@@ -120,6 +150,7 @@ class ModelSpec(Strict):
     batching: BatchingSpec = BatchingSpec()
     deployment: DeploymentSpec = DeploymentSpec()
     panoptic: PanopticSpec | None = None
+    instance: InstanceSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -132,6 +163,7 @@ class ModelSpec(Strict):
             raise ValueError("weights is required")
         if self.task == "panoptic" and self.panoptic is None:
             raise ValueError("a panoptic model needs a 'panoptic' section")
+        _check_instance_task(self)
         return self
 
     @property
@@ -141,6 +173,22 @@ class ModelSpec(Strict):
     @property
     def thing_ids(self) -> tuple[int, ...]:
         return tuple(c.id for c in self.classes if c.isthing)
+
+
+INSTANCE_ARCHITECTURES = ("torchvision.maskrcnn_resnet50_fpn", "torchvision.maskrcnn_resnet50_fpn_v2")
+
+
+def _check_instance_task(spec: ModelSpec) -> None:
+    """An instance model: a detector architecture, an ``instance`` section, class 0 = background."""
+    if (spec.task == "instance") != (spec.architecture in INSTANCE_ARCHITECTURES):
+        raise ValueError(
+            f"task instance goes with the architectures {', '.join(INSTANCE_ARCHITECTURES)} "
+            f"(and they with it), got task {spec.task} and {spec.architecture}"
+        )
+    if (spec.task == "instance") != (spec.instance is not None):
+        raise ValueError("an instance model needs an 'instance' section, and only instance models have one")
+    if spec.task == "instance" and len(spec.classes) < 2:
+        raise ValueError("an instance model needs class 0 (background) and at least one object class")
 
 
 class Repository(Strict):

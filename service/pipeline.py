@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from service.config import Limits, ModelSpec
+from service.errors import InvalidArgument
 from service.imaging.decode import check_content_type, decode_image
 from service.imaging.encode import (
     class_pixel_counts,
@@ -19,6 +20,7 @@ from service.imaging.encode import (
     encode_rgb_png,
 )
 from service.imaging.geometry import fit_to_policy
+from service.imaging.instance import Instances, class_pixels, describe_instances
 from service.imaging.overlay import blend_overlay, palette
 from service.types import ClassPresence, PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
@@ -28,6 +30,7 @@ def prepare_image(
 ) -> PreparedImage:
     """Decode, orient, convert to RGB and fit to the model's input policy."""
     t0 = time.perf_counter()
+    check_format(spec, options)
     check_content_type(content_type)
     image = decode_image(body, max_pixels=limits.max_image_pixels)
     t1 = time.perf_counter()
@@ -42,8 +45,20 @@ def prepare_image(
     )
 
 
+def check_format(spec: ModelSpec, options: SegmentOptions) -> None:
+    """Refuse, before any work, a format the model's task has no answer in (400)."""
+    if spec.task == "instance" and options.format == "coco_panoptic":
+        raise InvalidArgument(
+            f"format coco_panoptic is for panoptic models; {spec.name!r} is an instance model (its masks "
+            "may overlap, a panoptic PNG cannot hold that): use rle for COCO instance results, or png, "
+            "polygons, raw"
+        )
+
+
 def encode_result(segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:
     """Encode the label map (and panoptic segments) as the caller asked."""
+    if segmentation.instances is not None:
+        return encode_instance_result(segmentation, segmentation.instances, spec)
     t0 = time.perf_counter()
     options = segmentation.options
     labels = segmentation.labels
@@ -83,6 +98,40 @@ def encode_result(segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:
         else:
             blended = blend_overlay(segmentation.original, labels, palette([c.color for c in spec.classes]))
         result.overlay_png = encode_rgb_png(blended)
+    result.timings_ms = {**segmentation.timings_ms, "encode": (time.perf_counter() - t0) * 1000}
+    return result
+
+
+def encode_instance_result(
+    segmentation: Segmentation, instances: Instances, spec: ModelSpec
+) -> SegmentResult:
+    """An instance model's answer: the ``instances`` list (with per-instance RLE or polygons for those
+    formats), the instance id map as PNG (``png``) or bytes (``raw``), instances coloured in the overlay.
+
+    ``classes`` counts, per class, the pixels of the instances that own them in the id map.
+    """
+    t0 = time.perf_counter()
+    options, ids = segmentation.options, segmentation.labels
+    names = {c.id: c.name for c in spec.classes}
+    result = SegmentResult(
+        model=spec.name,
+        task=spec.task,
+        width=instances.width,
+        height=instances.height,
+        classes=[ClassPresence(c, names.get(c, str(c)), n) for c, n in class_pixels(instances, ids).items()],
+        mask_format=options.format,
+        batch_size=segmentation.batch_size,
+        request_id=options.request_id,
+        mask_dtype=str(ids.dtype),
+        instances=describe_instances(instances, names, options.format),
+    )
+    if options.format == "png":
+        result.mask_png = encode_label_png(ids)
+    elif options.format == "raw":
+        result.mask_raw = np.ascontiguousarray(ids).tobytes()
+    if options.overlay and segmentation.original is not None:
+        # As panoptic: background (0) left as the image, each instance id its own colour.
+        result.overlay_png = encode_rgb_png(blend_overlay(segmentation.original, ids, palette([(0, 0, 0)])))
     result.timings_ms = {**segmentation.timings_ms, "encode": (time.perf_counter() - t0) * 1000}
     return result
 

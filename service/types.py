@@ -7,12 +7,15 @@ through the object store), and ``api/http.py`` and ``api/grpc.py`` turn them int
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from service.errors import InvalidArgument
 from service.imaging.geometry import Geometry
+
+if TYPE_CHECKING:  # pycocotools and OpenCV load only where instances are encoded
+    from service.imaging.instance import Instances
 
 MaskFormat = Literal["png", "rle", "polygons", "coco_panoptic", "raw"]
 MASK_FORMATS: tuple[str, ...] = ("png", "rle", "polygons", "coco_panoptic", "raw")
@@ -51,7 +54,9 @@ class Segmentation:
     """The segmenter's output at the original resolution.
 
     Semantic: ``labels`` uint8/uint16 [H, W] class ids. Panoptic: ``labels`` is the semantic map and
-    ``panoptic`` int32 [H, W] segment ids (0 = void) with ``segments`` describing each id.
+    ``panoptic`` int32 [H, W] segment ids (0 = void) with ``segments`` describing each id. Instance:
+    ``labels`` is the instance id map (0 = background, k = the k-th instance by score) and
+    ``instances`` the detections (``service.imaging.instance.Instances``).
     """
 
     labels: np.ndarray
@@ -61,6 +66,7 @@ class Segmentation:
     batch_size: int
     panoptic: np.ndarray | None = None
     segments: list[dict] = field(default_factory=list)
+    instances: Instances | None = None
 
 
 @dataclass
@@ -86,6 +92,8 @@ class SegmentResult:
     rle: list[dict] | None = None
     polygons: list[dict] | None = None
     segments: list[dict] | None = None
+    instances: list[dict] | None = None
+    """Instance models: ``service.imaging.instance.describe_instances`` in score order."""
     overlay_png: bytes | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1

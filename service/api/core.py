@@ -63,7 +63,7 @@ def load_api_keys(settings: AppSettings) -> tuple[bytes, ...]:
 
 def model_info(spec: ModelSpec, digest: str | None) -> dict[str, Any]:
     """What ``GET /v1/models/{model}`` and gRPC ``GetModel`` describe."""
-    return {
+    info: dict[str, Any] = {
         "name": spec.name,
         "task": spec.task,
         "version": spec.version,
@@ -82,6 +82,11 @@ def model_info(spec: ModelSpec, digest: str | None) -> dict[str, Any]:
         },
         "max_batch_size": spec.batching.max_batch_size,
     }
+    if spec.input.max_size is not None:
+        info["input"]["max_size"] = spec.input.max_size
+    if spec.instance is not None:
+        info["instance"] = spec.instance.model_dump()
+    return info
 
 
 class Models(Protocol):

@@ -118,7 +118,21 @@ def result_to_pb(result: SegmentResult, frame_id: str = "") -> pb.SegmentRespons
                 rle=_rle_pb(s["rle"]) if "rle" in s else None,
             )
         )
+    response.instances.extend(_instance_pb(item) for item in result.instances or [])
     return response
+
+
+def _instance_pb(item: dict) -> pb.Instance:
+    return pb.Instance(
+        id=item["id"],
+        category_id=item["category_id"],
+        name=item["name"],
+        score=item["score"],
+        bbox=item["bbox"],
+        area=item["area"],
+        rle=_rle_pb(item["rle"]) if "rle" in item else None,
+        polygons=[pb.Polygon(points=p) for p in item.get("polygons", [])],
+    )
 
 
 def model_to_pb(info: dict[str, Any]) -> pb.ModelInfo:
@@ -132,6 +146,7 @@ def model_to_pb(info: dict[str, Any]) -> pb.ModelInfo:
         classes=[pb.ClassInfo(**c) for c in info["classes"]],
         input=pb.InputPolicy(**info["input"]),
         max_batch_size=info["max_batch_size"],
+        instance=pb.InstanceSettings(**info["instance"]) if "instance" in info else None,
     )
 
 

@@ -115,6 +115,8 @@ def result_json(result: SegmentResult) -> dict[str, Any]:
     }
     if result.segments is not None:
         body["segments"] = result.segments
+    if result.instances is not None:
+        body["instances"] = result.instances
     if result.overlay_png is not None:
         body["overlay"] = {
             "media_type": "image/png",

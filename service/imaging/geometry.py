@@ -6,6 +6,7 @@ calls ``restore_logits`` on the device so the argmax happens at the original res
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +32,23 @@ def plan_geometry(height: int, width: int, policy: InputPolicy) -> Geometry:
     elif policy.mode == "letterbox":
         factor = policy.size / max(height, width)
         scaled = (max(1, round(height * factor)), max(1, round(width * factor)))
+    elif policy.mode == "shortest_edge":
+        scaled = _shortest_edge(height, width, policy.size, policy.max_size)
     else:  # pad: keep the pixels
         scaled = (height, width)
     d = policy.size_divisor
     padded = (-(-scaled[0] // d) * d, -(-scaled[1] // d) * d)
     return Geometry((height, width), scaled, padded)
+
+
+def _shortest_edge(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
+    """torchvision's ``GeneralizedRCNNTransform`` sizes: one factor for both sides, the shorter side to
+    ``size`` unless the longer would pass ``max_size``, sides floored (its ``interpolate`` with
+    ``recompute_scale_factor=True``), so a detector sees images at the scale it was trained at."""
+    factor = size / min(height, width)
+    if max_size is not None:
+        factor = min(factor, max_size / max(height, width))
+    return max(1, math.floor(height * factor)), max(1, math.floor(width * factor))
 
 
 def pad_value(policy: InputPolicy) -> tuple[int, int, int]:

@@ -134,6 +134,7 @@ class Runner:
                     batch_size=len(group),
                     panoptic=extras.get("panoptic"),
                     segments=extras.get("segments", []),
+                    instances=extras.get("instances"),
                 )
         return results  # type: ignore[return-value]
 

@@ -6,6 +6,7 @@ a weights file cannot run code.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,23 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Builders in modules imported on first use, so only replicas serving such a model import their
+# libraries (torchvision's detection package): architecture -> module; the module's ``BUILDERS``
+# table is registered when an entry names one of its architectures.
+LAZY_BUILDERS: dict[str, str] = {
+    "torchvision.maskrcnn_resnet50_fpn": "service.models.maskrcnn",
+    "torchvision.maskrcnn_resnet50_fpn_v2": "service.models.maskrcnn",
+}
+
+
+def _register_lazy(architecture: str) -> None:
+    module = LAZY_BUILDERS.get(architecture)
+    if module is not None and architecture not in BUILDERS:
+        for name, builder in importlib.import_module(module).BUILDERS.items():
+            if name not in BUILDERS:
+                register_builder(name, builder)
+
+
 def register_builder(architecture: str, builder: Callable[..., nn.Module]) -> None:
     if architecture in BUILDERS:
         raise ValueError(f"architecture {architecture!r} is already registered")
@@ -36,6 +54,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         from service.models.panoptic import build_panoptic_unet
 
         BUILDERS["panoptic_unet"] = build_panoptic_unet
+    _register_lazy(spec.architecture)
     try:
         builder = BUILDERS[spec.architecture]
     except KeyError:

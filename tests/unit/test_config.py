@@ -105,3 +105,47 @@ def test_topology_auto_fuses_the_codec_only_when_every_model_runs_on_cpu(topolog
 def test_an_unknown_topology_is_refused():
     with pytest.raises(ConfigError, match="topology"):
         parse_app_settings({"topology": "merged"})
+
+
+# --- instance models ------------------------------------------------------------------------------
+
+
+def instance_repository(tmp_path: Path, **changes) -> Path:
+    from tests.instance_entry import instance_entry
+
+    entry = instance_entry(**changes)
+    for key, value in changes.items():
+        if value is None:
+            entry.pop(key)
+    return write(tmp_path, {"models": [entry]})
+
+
+def test_an_instance_entry_loads_with_its_thresholds(tmp_path):
+    spec = load_repository(instance_repository(tmp_path)).models[0]
+    assert spec.task == "instance" and spec.instance.max_detections == 5
+    assert spec.input.mode == "shortest_edge" and spec.input.max_size == 128
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"instance": None}, "needs an 'instance' section"),
+        ({"instance": {"score_thresold": 0.3}}, "score_thresold"),
+        ({"instance": {"mask_threshold": 1.0}}, "mask_threshold"),
+        ({"instance": {"max_detections": 70000}}, "max_detections"),
+        ({"architecture": "unet"}, "task instance goes with"),
+        ({"task": "semantic"}, "task instance goes with"),
+        ({"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]}]}, "at least one object class"),
+        ({"input": {"mode": "letterbox"}}, "max_size is for mode shortest_edge"),
+    ],
+)
+def test_invalid_instance_entries_are_explained(tmp_path, changes, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_repository(instance_repository(tmp_path, **changes))
+
+
+def test_an_instance_section_on_a_semantic_model_is_refused(tmp_path):
+    data = shipped()
+    data["models"][0]["instance"] = {"score_threshold": 0.5}
+    with pytest.raises(ConfigError, match="only instance models"):
+        load_repository(write(tmp_path, data))

@@ -52,3 +52,24 @@ def test_strips_give_the_same_labels_as_one_resize():
     full = restore_labels(logits, g, rows_per_chunk=10_000)
     strips = restore_labels(logits, g, rows_per_chunk=97)
     assert (full == strips).float().mean() > 0.9999
+
+
+@pytest.mark.parametrize(
+    "size", [(150, 200), (480, 640), (640, 480), (100, 500), (33, 47), (800, 1333), (97, 97)]
+)
+def test_shortest_edge_sizes_are_torchvisions_detection_transform_sizes(size):
+    """The sizes GeneralizedRCNNTransform(min_size, max_size) resizes to, computed by torchvision."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    policy = InputPolicy(mode="shortest_edge", size=96, max_size=160, size_divisor=32)
+    transform = GeneralizedRCNNTransform(96, 160, [0.0] * 3, [1.0] * 3).eval()
+    with torch.inference_mode():
+        images, _ = transform([torch.zeros(3, *size)])
+    g = plan_geometry(*size, policy)
+    assert g.scaled == tuple(images.image_sizes[0])
+    assert g.padded == tuple(images.tensors.shape[-2:])  # both pad to a multiple of 32
+
+
+def test_shortest_edge_without_a_cap_scales_the_shorter_side():
+    g = plan_geometry(100, 500, InputPolicy(mode="shortest_edge", size=64, size_divisor=1))
+    assert g.scaled == (64, 320)

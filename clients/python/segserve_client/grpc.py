@@ -292,6 +292,7 @@ def result_from_pb(response: pb.SegmentResponse) -> SegmentationResult:
         classes=[ClassCount(c.id, c.name, c.pixels) for c in response.classes],
         panoptic=panoptic,
         segments=segments,
+        instances=[_instance(i) for i in response.instances],
         overlay_png=response.overlay_png or None,
         timings_ms=dict(response.timings_ms),
         batch_size=response.batch_size,
@@ -304,13 +305,30 @@ def result_from_pb(response: pb.SegmentResponse) -> SegmentationResult:
     )
 
 
+def _instance(item: pb.Instance) -> dict:
+    """An ``Instance`` -> the dict the JSON answer has (``rle`` / ``polygons`` only when sent)."""
+    out = {
+        "id": item.id,
+        "category_id": item.category_id,
+        "name": item.name,
+        "score": item.score,
+        "bbox": list(item.bbox),
+        "area": item.area,
+    }
+    if item.HasField("rle"):
+        out["rle"] = _rle(item.rle)
+    if item.polygons:
+        out["polygons"] = [list(p.points) for p in item.polygons]
+    return out
+
+
 def _f32(values: Iterable[float]) -> list[float]:
     return [float(f"{v:.7g}") for v in values]  # proto floats are float32: 0.485 -> 0.48500001430511475
 
 
 def model_to_dict(info: pb.ModelInfo) -> dict:
     """``ModelInfo`` -> the same dict ``GET /v1/models/{model}`` returns."""
-    return {
+    out: dict = {
         "name": info.name,
         "task": info.task,
         "version": info.version,
@@ -329,3 +347,14 @@ def model_to_dict(info: pb.ModelInfo) -> dict:
         },
         "max_batch_size": info.max_batch_size,
     }
+    if info.input.max_size:
+        out["input"]["max_size"] = info.input.max_size
+    if info.HasField("instance"):
+        settings = info.instance
+        out["instance"] = {
+            "score_threshold": _f32([settings.score_threshold])[0],
+            "nms_threshold": _f32([settings.nms_threshold])[0],
+            "max_detections": settings.max_detections,
+            "mask_threshold": _f32([settings.mask_threshold])[0],
+        }
+    return out

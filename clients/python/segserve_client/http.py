@@ -198,6 +198,7 @@ def result_from_json(body: dict[str, Any]) -> SegmentationResult:
         classes=[ClassCount(int(c["id"]), c["name"], int(c["pixels"])) for c in body.get("classes", [])],
         panoptic=panoptic,
         segments=segments,
+        instances=body.get("instances") or [],
         overlay_png=base64.b64decode(overlay["data"]) if overlay else None,
         timings_ms=dict(body.get("timings_ms", {})),
         batch_size=int(body.get("batch_size", 1)),

@@ -32,6 +32,9 @@ class SegmentationResult:
     for panoptic models, else ``None``. ``segments``: COCO panoptic segment dicts (id, category_id,
     isthing, area, bbox, score, rle). ``mask_png``: the PNG bytes as the service sent them (what
     ``--out`` writes). ``error``: set, with everything else empty, when a stream frame failed.
+    Instance models (``task == "instance"``): ``instances`` lists the detections in score order
+    (id, category_id, name, score, bbox ``[x, y, w, h]``, area, and ``rle`` or ``polygons`` for those
+    formats), and ``labels`` is the instance id map (0 = background, k = ``instances[k - 1]``).
     """
 
     model: str
@@ -42,6 +45,7 @@ class SegmentationResult:
     classes: list[ClassCount] = field(default_factory=list)
     panoptic: np.ndarray | None = None
     segments: list[dict] = field(default_factory=list)
+    instances: list[dict] = field(default_factory=list)
     overlay_png: bytes | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
@@ -105,6 +109,8 @@ class SegmentationResult:
         }
         if self.segments:
             out["segments"] = self.segments
+        if self.instances:
+            out["instances"] = self.instances
         if self.rle is not None:
             out["rle"] = self.rle
         if self.polygons is not None:
@@ -124,5 +130,6 @@ class SegmentationResult:
         return (
             f"{head}{self.model} ({self.task}) {self.width}x{self.height} | classes {classes}"
             f"{f' | segments {len(self.segments)}' if self.segments else ''}"
+            f"{f' | instances {len(self.instances)}' if self.instances else ''}"
             f" | ms {timings or '-'} | batch {self.batch_size} | request {self.request_id}"
         )

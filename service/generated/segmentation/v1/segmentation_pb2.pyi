@@ -98,6 +98,26 @@ class PanopticSegment(_message.Message):
     rle: Rle
     def __init__(self, id: _Optional[int] = ..., category_id: _Optional[int] = ..., isthing: _Optional[bool] = ..., area: _Optional[int] = ..., bbox: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., rle: _Optional[_Union[Rle, _Mapping]] = ...) -> None: ...
 
+class Instance(_message.Message):
+    __slots__ = ("id", "category_id", "name", "score", "bbox", "area", "rle", "polygons")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BBOX_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    RLE_FIELD_NUMBER: _ClassVar[int]
+    POLYGONS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    category_id: int
+    name: str
+    score: float
+    bbox: _containers.RepeatedScalarFieldContainer[float]
+    area: int
+    rle: Rle
+    polygons: _containers.RepeatedCompositeFieldContainer[Polygon]
+    def __init__(self, id: _Optional[int] = ..., category_id: _Optional[int] = ..., name: _Optional[str] = ..., score: _Optional[float] = ..., bbox: _Optional[_Iterable[float]] = ..., area: _Optional[int] = ..., rle: _Optional[_Union[Rle, _Mapping]] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ...) -> None: ...
+
 class FrameError(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -107,7 +127,7 @@ class FrameError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
-    __slots__ = ("model", "task", "request_id", "frame_id", "width", "height", "classes", "format", "mask_png", "mask_raw", "mask_dtype", "rles", "polygons", "segments", "overlay_png", "timings_ms", "batch_size", "error")
+    __slots__ = ("model", "task", "request_id", "frame_id", "width", "height", "classes", "format", "mask_png", "mask_raw", "mask_dtype", "rles", "polygons", "segments", "overlay_png", "timings_ms", "batch_size", "error", "instances")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +153,7 @@ class SegmentResponse(_message.Message):
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
     model: str
     task: str
     request_id: str
@@ -151,7 +172,8 @@ class SegmentResponse(_message.Message):
     timings_ms: _containers.ScalarMap[str, float]
     batch_size: int
     error: FrameError
-    def __init__(self, model: _Optional[str] = ..., task: _Optional[str] = ..., request_id: _Optional[str] = ..., frame_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., classes: _Optional[_Iterable[_Union[ClassPresence, _Mapping]]] = ..., format: _Optional[_Union[MaskFormat, str]] = ..., mask_png: _Optional[bytes] = ..., mask_raw: _Optional[bytes] = ..., mask_dtype: _Optional[str] = ..., rles: _Optional[_Iterable[_Union[ClassRle, _Mapping]]] = ..., polygons: _Optional[_Iterable[_Union[ClassPolygons, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[PanopticSegment, _Mapping]]] = ..., overlay_png: _Optional[bytes] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., batch_size: _Optional[int] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ...) -> None: ...
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    def __init__(self, model: _Optional[str] = ..., task: _Optional[str] = ..., request_id: _Optional[str] = ..., frame_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., classes: _Optional[_Iterable[_Union[ClassPresence, _Mapping]]] = ..., format: _Optional[_Union[MaskFormat, str]] = ..., mask_png: _Optional[bytes] = ..., mask_raw: _Optional[bytes] = ..., mask_dtype: _Optional[str] = ..., rles: _Optional[_Iterable[_Union[ClassRle, _Mapping]]] = ..., polygons: _Optional[_Iterable[_Union[ClassPolygons, _Mapping]]] = ..., segments: _Optional[_Iterable[_Union[PanopticSegment, _Mapping]]] = ..., overlay_png: _Optional[bytes] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., batch_size: _Optional[int] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -182,21 +204,23 @@ class ClassInfo(_message.Message):
     def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., color: _Optional[_Iterable[int]] = ..., isthing: _Optional[bool] = ...) -> None: ...
 
 class InputPolicy(_message.Message):
-    __slots__ = ("mode", "size", "size_divisor", "mean", "std")
+    __slots__ = ("mode", "size", "size_divisor", "mean", "std", "max_size")
     MODE_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SIZE_DIVISOR_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     mode: str
     size: int
     size_divisor: int
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, mode: _Optional[str] = ..., size: _Optional[int] = ..., size_divisor: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+    max_size: int
+    def __init__(self, mode: _Optional[str] = ..., size: _Optional[int] = ..., size_divisor: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., max_size: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "version", "weights_digest", "description", "architecture", "classes", "input", "max_batch_size")
+    __slots__ = ("name", "task", "version", "weights_digest", "description", "architecture", "classes", "input", "max_batch_size", "instance")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +230,7 @@ class ModelInfo(_message.Message):
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     version: str
@@ -215,4 +240,17 @@ class ModelInfo(_message.Message):
     classes: _containers.RepeatedCompositeFieldContainer[ClassInfo]
     input: InputPolicy
     max_batch_size: int
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., version: _Optional[str] = ..., weights_digest: _Optional[str] = ..., description: _Optional[str] = ..., architecture: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassInfo, _Mapping]]] = ..., input: _Optional[_Union[InputPolicy, _Mapping]] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    instance: InstanceSettings
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., version: _Optional[str] = ..., weights_digest: _Optional[str] = ..., description: _Optional[str] = ..., architecture: _Optional[str] = ..., classes: _Optional[_Iterable[_Union[ClassInfo, _Mapping]]] = ..., input: _Optional[_Union[InputPolicy, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., instance: _Optional[_Union[InstanceSettings, _Mapping]] = ...) -> None: ...
+
+class InstanceSettings(_message.Message):
+    __slots__ = ("score_threshold", "nms_threshold", "max_detections", "mask_threshold")
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    NMS_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    MASK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    score_threshold: float
+    nms_threshold: float
+    max_detections: int
+    mask_threshold: float
+    def __init__(self, score_threshold: _Optional[float] = ..., nms_threshold: _Optional[float] = ..., max_detections: _Optional[int] = ..., mask_threshold: _Optional[float] = ...) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"segmentation/v1/segmentation.proto\x12\x0fsegmentation.v1\"\xa8\x01\n\x0eSegmentRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12+\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.segmentation.v1.MaskFormat\x12\x0f\n\x07overlay\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x07 \x01(\t\"9\n\rClassPresence\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x04\"#\n\x03Rle\x12\x0c\n\x04size\x18\x01 \x03(\r\x12\x0e\n\x06\x63ounts\x18\x02 \x01(\t\"?\n\x08\x43lassRle\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\r\x12!\n\x03rle\x18\x02 \x01(\x0b\x32\x14.segmentation.v1.Rle\"\x19\n\x07Polygon\x12\x0e\n\x06points\x18\x01 \x03(\x02\"M\n\rClassPolygons\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\r\x12*\n\x08polygons\x18\x02 \x03(\x0b\x32\x18.segmentation.v1.Polygon\"\x91\x01\n\x0fPanopticSegment\x12\n\n\x02id\x18\x01 \x01(\r\x12\x13\n\x0b\x63\x61tegory_id\x18\x02 \x01(\r\x12\x0f\n\x07isthing\x18\x03 \x01(\x08\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x04\x12\x0c\n\x04\x62\x62ox\x18\x05 \x03(\x02\x12\r\n\x05score\x18\x06 \x01(\x02\x12!\n\x03rle\x18\x07 \x01(\x0b\x32\x14.segmentation.v1.Rle\"+\n\nFrameError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe4\x04\n\x0fSegmentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12/\n\x07\x63lasses\x18\x07 \x03(\x0b\x32\x1e.segmentation.v1.ClassPresence\x12+\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x1b.segmentation.v1.MaskFormat\x12\x10\n\x08mask_png\x18\t \x01(\x0c\x12\x10\n\x08mask_raw\x18\n \x01(\x0c\x12\x12\n\nmask_dtype\x18\x0b \x01(\t\x12\'\n\x04rles\x18\x0c \x03(\x0b\x32\x19.segmentation.v1.ClassRle\x12\x30\n\x08polygons\x18\r \x03(\x0b\x32\x1e.segmentation.v1.ClassPolygons\x12\x32\n\x08segments\x18\x0e \x03(\x0b\x32 .segmentation.v1.PanopticSegment\x12\x13\n\x0boverlay_png\x18\x0f \x01(\x0c\x12\x43\n\ntimings_ms\x18\x10 \x03(\x0b\x32/.segmentation.v1.SegmentResponse.TimingsMsEntry\x12\x12\n\nbatch_size\x18\x11 \x01(\r\x12*\n\x05\x65rror\x18\x12 \x01(\x0b\x32\x1b.segmentation.v1.FrameError\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.segmentation.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\tClassInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x63olor\x18\x03 \x03(\r\x12\x0f\n\x07isthing\x18\x04 \x01(\x08\"Z\n\x0bInputPolicy\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\x12\x14\n\x0csize_divisor\x18\x03 \x01(\r\x12\x0c\n\x04mean\x18\x04 \x03(\x02\x12\x0b\n\x03std\x18\x05 \x03(\x02\"\xed\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0eweights_digest\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\x12+\n\x07\x63lasses\x18\x07 \x03(\x0b\x32\x1a.segmentation.v1.ClassInfo\x12+\n\x05input\x18\x08 \x01(\x0b\x32\x1c.segmentation.v1.InputPolicy\x12\x16\n\x0emax_batch_size\x18\t \x01(\r*\xa1\x01\n\nMaskFormat\x12\x1b\n\x17MASK_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMASK_FORMAT_PNG\x10\x01\x12\x13\n\x0fMASK_FORMAT_RAW\x10\x02\x12\x13\n\x0fMASK_FORMAT_RLE\x10\x03\x12\x18\n\x14MASK_FORMAT_POLYGONS\x10\x04\x12\x1d\n\x19MASK_FORMAT_COCO_PANOPTIC\x10\x05\x32\xd5\x02\n\x0cSegmentation\x12L\n\x07Segment\x12\x1f.segmentation.v1.SegmentRequest\x1a .segmentation.v1.SegmentResponse\x12V\n\rSegmentStream\x12\x1f.segmentation.v1.SegmentRequest\x1a .segmentation.v1.SegmentResponse(\x01\x30\x01\x12U\n\nListModels\x12\".segmentation.v1.ListModelsRequest\x1a#.segmentation.v1.ListModelsResponse\x12H\n\x08GetModel\x12 .segmentation.v1.GetModelRequest\x1a\x1a.segmentation.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"segmentation/v1/segmentation.proto\x12\x0fsegmentation.v1\"\xa8\x01\n\x0eSegmentRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12+\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.segmentation.v1.MaskFormat\x12\x0f\n\x07overlay\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x07 \x01(\t\"9\n\rClassPresence\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x04\"#\n\x03Rle\x12\x0c\n\x04size\x18\x01 \x03(\r\x12\x0e\n\x06\x63ounts\x18\x02 \x01(\t\"?\n\x08\x43lassRle\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\r\x12!\n\x03rle\x18\x02 \x01(\x0b\x32\x14.segmentation.v1.Rle\"\x19\n\x07Polygon\x12\x0e\n\x06points\x18\x01 \x03(\x02\"M\n\rClassPolygons\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\r\x12*\n\x08polygons\x18\x02 \x03(\x0b\x32\x18.segmentation.v1.Polygon\"\x91\x01\n\x0fPanopticSegment\x12\n\n\x02id\x18\x01 \x01(\r\x12\x13\n\x0b\x63\x61tegory_id\x18\x02 \x01(\r\x12\x0f\n\x07isthing\x18\x03 \x01(\x08\x12\x0c\n\x04\x61rea\x18\x04 \x01(\x04\x12\x0c\n\x04\x62\x62ox\x18\x05 \x03(\x02\x12\r\n\x05score\x18\x06 \x01(\x02\x12!\n\x03rle\x18\x07 \x01(\x0b\x32\x14.segmentation.v1.Rle\"\xb3\x01\n\x08Instance\x12\n\n\x02id\x18\x01 \x01(\r\x12\x13\n\x0b\x63\x61tegory_id\x18\x02 \x01(\r\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x0c\n\x04\x62\x62ox\x18\x05 \x03(\x02\x12\x0c\n\x04\x61rea\x18\x06 \x01(\x04\x12!\n\x03rle\x18\x07 \x01(\x0b\x32\x14.segmentation.v1.Rle\x12*\n\x08polygons\x18\x08 \x03(\x0b\x32\x18.segmentation.v1.Polygon\"+\n\nFrameError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x92\x05\n\x0fSegmentResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x04 \x01(\t\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12/\n\x07\x63lasses\x18\x07 \x03(\x0b\x32\x1e.segmentation.v1.ClassPresence\x12+\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x1b.segmentation.v1.MaskFormat\x12\x10\n\x08mask_png\x18\t \x01(\x0c\x12\x10\n\x08mask_raw\x18\n \x01(\x0c\x12\x12\n\nmask_dtype\x18\x0b \x01(\t\x12\'\n\x04rles\x18\x0c \x03(\x0b\x32\x19.segmentation.v1.ClassRle\x12\x30\n\x08polygons\x18\r \x03(\x0b\x32\x1e.segmentation.v1.ClassPolygons\x12\x32\n\x08segments\x18\x0e \x03(\x0b\x32 .segmentation.v1.PanopticSegment\x12\x13\n\x0boverlay_png\x18\x0f \x01(\x0c\x12\x43\n\ntimings_ms\x18\x10 \x03(\x0b\x32/.segmentation.v1.SegmentResponse.TimingsMsEntry\x12\x12\n\nbatch_size\x18\x11 \x01(\r\x12*\n\x05\x65rror\x18\x12 \x01(\x0b\x32\x1b.segmentation.v1.FrameError\x12,\n\tinstances\x18\x13 \x03(\x0b\x32\x19.segmentation.v1.Instance\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.segmentation.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\tClassInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x63olor\x18\x03 \x03(\r\x12\x0f\n\x07isthing\x18\x04 \x01(\x08\"l\n\x0bInputPolicy\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\x12\x14\n\x0csize_divisor\x18\x03 \x01(\r\x12\x0c\n\x04mean\x18\x04 \x03(\x02\x12\x0b\n\x03std\x18\x05 \x03(\x02\x12\x10\n\x08max_size\x18\x06 \x01(\r\"\xa2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0eweights_digest\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\x12+\n\x07\x63lasses\x18\x07 \x03(\x0b\x32\x1a.segmentation.v1.ClassInfo\x12+\n\x05input\x18\x08 \x01(\x0b\x32\x1c.segmentation.v1.InputPolicy\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x33\n\x08instance\x18\n \x01(\x0b\x32!.segmentation.v1.InstanceSettings\"r\n\x10InstanceSettings\x12\x17\n\x0fscore_threshold\x18\x01 \x01(\x02\x12\x15\n\rnms_threshold\x18\x02 \x01(\x02\x12\x16\n\x0emax_detections\x18\x03 \x01(\r\x12\x16\n\x0emask_threshold\x18\x04 \x01(\x02*\xa1\x01\n\nMaskFormat\x12\x1b\n\x17MASK_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0fMASK_FORMAT_PNG\x10\x01\x12\x13\n\x0fMASK_FORMAT_RAW\x10\x02\x12\x13\n\x0fMASK_FORMAT_RLE\x10\x03\x12\x18\n\x14MASK_FORMAT_POLYGONS\x10\x04\x12\x1d\n\x19MASK_FORMAT_COCO_PANOPTIC\x10\x05\x32\xd5\x02\n\x0cSegmentation\x12L\n\x07Segment\x12\x1f.segmentation.v1.SegmentRequest\x1a .segmentation.v1.SegmentResponse\x12V\n\rSegmentStream\x12\x1f.segmentation.v1.SegmentRequest\x1a .segmentation.v1.SegmentResponse(\x01\x30\x01\x12U\n\nListModels\x12\".segmentation.v1.ListModelsRequest\x1a#.segmentation.v1.ListModelsResponse\x12H\n\x08GetModel\x12 .segmentation.v1.GetModelRequest\x1a\x1a.segmentation.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._loaded_options = None
   _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
-  _globals['_MASKFORMAT']._serialized_start=1825
-  _globals['_MASKFORMAT']._serialized_end=1986
+  _globals['_MASKFORMAT']._serialized_start=2240
+  _globals['_MASKFORMAT']._serialized_end=2401
   _globals['_SEGMENTREQUEST']._serialized_start=56
   _globals['_SEGMENTREQUEST']._serialized_end=224
   _globals['_CLASSPRESENCE']._serialized_start=226
@@ -49,24 +49,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSPOLYGONS']._serialized_end=491
   _globals['_PANOPTICSEGMENT']._serialized_start=494
   _globals['_PANOPTICSEGMENT']._serialized_end=639
-  _globals['_FRAMEERROR']._serialized_start=641
-  _globals['_FRAMEERROR']._serialized_end=684
-  _globals['_SEGMENTRESPONSE']._serialized_start=687
-  _globals['_SEGMENTRESPONSE']._serialized_end=1299
-  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_start=1251
-  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_end=1299
-  _globals['_LISTMODELSREQUEST']._serialized_start=1301
-  _globals['_LISTMODELSREQUEST']._serialized_end=1320
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1322
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1386
-  _globals['_GETMODELREQUEST']._serialized_start=1388
-  _globals['_GETMODELREQUEST']._serialized_end=1419
-  _globals['_CLASSINFO']._serialized_start=1421
-  _globals['_CLASSINFO']._serialized_end=1490
-  _globals['_INPUTPOLICY']._serialized_start=1492
-  _globals['_INPUTPOLICY']._serialized_end=1582
-  _globals['_MODELINFO']._serialized_start=1585
-  _globals['_MODELINFO']._serialized_end=1822
-  _globals['_SEGMENTATION']._serialized_start=1989
-  _globals['_SEGMENTATION']._serialized_end=2330
+  _globals['_INSTANCE']._serialized_start=642
+  _globals['_INSTANCE']._serialized_end=821
+  _globals['_FRAMEERROR']._serialized_start=823
+  _globals['_FRAMEERROR']._serialized_end=866
+  _globals['_SEGMENTRESPONSE']._serialized_start=869
+  _globals['_SEGMENTRESPONSE']._serialized_end=1527
+  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_start=1479
+  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_end=1527
+  _globals['_LISTMODELSREQUEST']._serialized_start=1529
+  _globals['_LISTMODELSREQUEST']._serialized_end=1548
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1550
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1614
+  _globals['_GETMODELREQUEST']._serialized_start=1616
+  _globals['_GETMODELREQUEST']._serialized_end=1647
+  _globals['_CLASSINFO']._serialized_start=1649
+  _globals['_CLASSINFO']._serialized_end=1718
+  _globals['_INPUTPOLICY']._serialized_start=1720
+  _globals['_INPUTPOLICY']._serialized_end=1828
+  _globals['_MODELINFO']._serialized_start=1831
+  _globals['_MODELINFO']._serialized_end=2121
+  _globals['_INSTANCESETTINGS']._serialized_start=2123
+  _globals['_INSTANCESETTINGS']._serialized_end=2237
+  _globals['_SEGMENTATION']._serialized_start=2404
+  _globals['_SEGMENTATION']._serialized_end=2745
 # @@protoc_insertion_point(module_scope)
