@@ -6,7 +6,6 @@ can both use it. The seeded images are in ``images.py``, the answer checks in ``
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,6 @@ def md_table(head: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) 
     """Markdown table lines: the first ``left`` columns text, the others right-aligned numbers."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * left + "---:|" * (len(head) - left)]
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- parsing ----------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtests.common import free_port, log
+from loadtests.common import log
+from service.local import free_port
 
 
 def ray_cpus(repository_path: Path, models: list[str], app_args: dict[str, Any]) -> int:

@@ -6,6 +6,7 @@ the key, never a silent default (Ray Serve's own config silently drops unknown k
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any, Literal
@@ -321,7 +322,13 @@ def parse_app_settings(args: dict[str, Any] | None) -> AppSettings:
 
 
 def file_digest(path: Path) -> str:
-    """Short sha256 of a file: the weights version label in metrics and model metadata."""
+    """Short sha256 of a file: the weights version label in metrics and model metadata. Read once per
+    process (weights do not change under a running replica)."""
+    return _digest(str(Path(path).resolve()))
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -7,7 +7,7 @@ through the object store), and ``api/http.py`` and ``api/grpc.py`` turn them int
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pycocotools and OpenCV load only where instances are encode
     from service.imaging.instance import Instances
 
 MaskFormat = Literal["png", "rle", "polygons", "coco_panoptic", "raw"]
-MASK_FORMATS: tuple[str, ...] = ("png", "rle", "polygons", "coco_panoptic", "raw")
+"""The mask payloads a caller may ask for; the gRPC enum ``MaskFormat`` names the same ones."""
+MASK_FORMATS: tuple[str, ...] = get_args(MaskFormat)
 
 
 @dataclass(frozen=True)

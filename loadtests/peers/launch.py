@@ -11,9 +11,10 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.common import ROOT, free_port
+from loadtests.common import ROOT
 from loadtests.local_service import wait_ready
 from loadtests.peers import PEER_APPS
+from service.local import free_port
 
 READY_TIMEOUT_S = 300  # a Ray peer starts a cluster of its own: on a loaded 2-core machine, minutes
 STOP_TIMEOUT_S = 90  # a Ray peer's serve.shutdown + ray.shutdown take up to a minute under load

@@ -14,7 +14,6 @@ import hmac
 import math
 import os
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,13 +29,6 @@ from service.errors import (
     Unavailable,
 )
 from service.types import SegmentOptions, SegmentResult
-
-
-def new_request_id(given: str | None = None) -> str:
-    """The caller's id when it is sane (printable, <= 128 chars), else a fresh one."""
-    if given and len(given) <= 128 and given.isprintable():
-        return given
-    return uuid.uuid4().hex
 
 
 def parse_timeout_ms(value: str | None, name: str) -> float | None:
@@ -156,8 +148,10 @@ class SegmentationCore:
         limit = self.settings.limits.request_timeout_s
         return time.time() + (min(timeout_s, limit) if timeout_s else limit)
 
-    async def segment(self, body: bytes, content_type: str | None, options: SegmentOptions) -> SegmentResult:
-        spec = self.spec(options.model)
+    async def segment(
+        self, spec: ModelSpec, body: bytes, content_type: str | None, options: SegmentOptions
+    ) -> SegmentResult:
+        """Segment ``body`` with the model of ``spec`` (resolved by the caller with ``spec``, once)."""
         self.check_body(body)
         started = time.perf_counter()
         remaining = (options.deadline or self.deadline(None)) - time.time()

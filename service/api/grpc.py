@@ -1,33 +1,30 @@
-"""gRPC surface: protobuf <-> core conversions and the method bodies the Ingress exposes.
+"""gRPC surface: every method of the Ingress goes through one wrapper, as every HTTP request goes
+through the HTTP app's handlers.
 
-Ray Serve's gRPC proxy routes ``/segmentation.v1.Segmentation/<Method>`` to the Ingress method of
-that name; each returns a protobuf message. Errors set the status code and details on the context
-(one table: ``service.api.errors.GRPC_STATUS``) and return an empty message.
+Ray Serve routes ``/<package>.<Service>/<Method>`` to the Ingress method of that name, which calls
+``unary`` or ``stream`` here with the method's entry in ``METHODS``. The wrapper authenticates (unless
+the method is open), counts segmentation requests (``accounted``), sets the request id and maps every
+failure to a status code and details through one table (``service.api.errors.GRPC_STATUS``),
+returning the method's empty message. Conversions live in ``grpc_convert.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from grpc_health.v1 import health_pb2
 
 from service import metrics
-from service.api.core import SegmentationCore, new_request_id, parse_timeout_ms
+from service.api import context as request_context
+from service.api.core import SegmentationCore, parse_timeout_ms
 from service.api.errors import grpc_status, to_service_error
+from service.api.grpc_convert import health_check, mask_format, model_to_pb, result_to_pb
 from service.errors import InvalidArgument, ServiceError
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
-from service.types import SegmentOptions, SegmentResult
-
-FORMAT_FROM_PB = {
-    pb.MASK_FORMAT_UNSPECIFIED: "png",
-    pb.MASK_FORMAT_PNG: "png",
-    pb.MASK_FORMAT_RAW: "raw",
-    pb.MASK_FORMAT_RLE: "rle",
-    pb.MASK_FORMAT_POLYGONS: "polygons",
-    pb.MASK_FORMAT_COCO_PANOPTIC: "coco_panoptic",
-}
-FORMAT_TO_PB = {v: k for k, v in FORMAT_FROM_PB.items() if k != pb.MASK_FORMAT_UNSPECIFIED}
+from service.types import SegmentOptions
 
 
 def metadata(context) -> dict[str, str]:
@@ -47,106 +44,101 @@ def timeout_from_metadata(meta: dict[str, str]) -> float | None:
     return parse_timeout_ms(meta.get("x-timeout-ms"), "x-timeout-ms")
 
 
-def options_from_pb(
-    request: pb.SegmentRequest,
-    meta: dict[str, str],
-    core: SegmentationCore,
-    ray_request_id: str | None = None,
-) -> SegmentOptions:
-    if not request.model:
-        raise InvalidArgument("field 'model' is required")
-    if not request.image:
-        raise InvalidArgument("field 'image' is required (the encoded image bytes)")
-    if request.format not in FORMAT_FROM_PB:
-        raise InvalidArgument(f"unknown mask format {request.format}")
-    return SegmentOptions(
-        model=request.model,
-        format=FORMAT_FROM_PB[request.format],  # type: ignore[arg-type]
-        overlay=request.overlay,
-        request_id=new_request_id(request.request_id or meta.get("x-request-id") or ray_request_id),
-        deadline=core.deadline(timeout_from_metadata(meta)),
-        protocol="grpc",
+@dataclass
+class Call:
+    """One RPC (or one frame of a stream): what the wrapper knows about it, for its method body."""
+
+    core: SegmentationCore
+    context: Any
+    meta: dict[str, str]
+    request_id: str = ""
+    result: Any = None  # the SegmentResult of an accounted call, for the access log
+    request_bytes: int | None = None
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+
+    def options(self, request: pb.SegmentRequest) -> SegmentOptions:
+        if not request.model:
+            raise InvalidArgument("field 'model' is required")
+        if not request.image:
+            raise InvalidArgument("field 'image' is required (the encoded image bytes)")
+        return SegmentOptions(
+            model=request.model,
+            format=mask_format(request.format),  # type: ignore[arg-type]
+            overlay=request.overlay,
+            request_id=self.request_id,
+            deadline=self.core.deadline(timeout_from_metadata(self.meta)),
+            protocol="grpc",
+        )
+
+
+Body = Callable[[Any, Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    body: Body
+    empty: Callable[[], Any]
+    """The message answered with an error status."""
+    open: bool = False
+    """No API key needed (health checks)."""
+    accounted: bool = False
+    """Counted, timed and logged as a segmentation request for the request's ``model``."""
+
+
+# --- the method bodies ----------------------------------------------------------------------------
+
+
+async def _segment(request: pb.SegmentRequest, call: Call, frame_id: str = "") -> pb.SegmentResponse:
+    options = call.options(request)
+    call.result = await call.core.segment(
+        call.core.spec(options.model), request.image, request.content_type or None, options
     )
+    return result_to_pb(call.result, frame_id or request.frame_id)
 
 
-def _ray_request_id(context) -> str | None:
-    """Ray's own id for this call (also in its trailing metadata), so logs of both agree."""
+async def _list_models(request: Any, call: Call) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_to_pb(m) for m in call.core.list_models()])
+
+
+async def _get_model(request: pb.GetModelRequest, call: Call) -> pb.ModelInfo:
+    return model_to_pb(call.core.get_model(request.name))
+
+
+async def _check(request: Any, call: Call) -> health_pb2.HealthCheckResponse:
+    """grpc.health.v1.Health/Check, for Kubernetes gRPC probes: SERVING once every model is ready."""
     try:
-        return context.request_id() if context is not None else None
-    except Exception:  # older contexts or handle calls without a proxy
-        return None
+        await call.core.ready()
+    except Exception:
+        return health_check(ready=False)
+    return health_check(ready=True)
 
 
-def _rle_pb(rle: dict) -> pb.Rle:
-    return pb.Rle(size=list(rle["size"]), counts=rle["counts"])
+METHODS: dict[str, Method] = {
+    "Segment": Method(_segment, pb.SegmentResponse, accounted=True),
+    "ListModels": Method(_list_models, pb.ListModelsResponse),
+    "GetModel": Method(_get_model, pb.ModelInfo),
+    "Check": Method(_check, health_pb2.HealthCheckResponse, open=True),
+}
 
 
-def result_to_pb(result: SegmentResult, frame_id: str = "") -> pb.SegmentResponse:
-    response = pb.SegmentResponse(
-        model=result.model,
-        task=result.task,
-        request_id=result.request_id,
-        frame_id=frame_id,
-        width=result.width,
-        height=result.height,
-        classes=[pb.ClassPresence(id=c.id, name=c.name, pixels=c.pixels) for c in result.classes],
-        format=FORMAT_TO_PB[result.mask_format],
-        mask_png=result.mask_png or b"",
-        mask_raw=result.mask_raw or b"",
-        mask_dtype=result.mask_dtype,
-        overlay_png=result.overlay_png or b"",
-        timings_ms=result.timings_ms,
-        batch_size=result.batch_size,
-    )
-    for item in result.rle or []:
-        response.rles.append(pb.ClassRle(class_id=item["class_id"], rle=_rle_pb(item["rle"])))
-    for item in result.polygons or []:
-        response.polygons.append(
-            pb.ClassPolygons(
-                class_id=item["class_id"], polygons=[pb.Polygon(points=p) for p in item["polygons"]]
-            )
-        )
-    for s in result.segments or []:
-        response.segments.append(
-            pb.PanopticSegment(
-                id=s["id"],
-                category_id=s["category_id"],
-                isthing=s["isthing"],
-                area=s["area"],
-                bbox=s["bbox"],
-                score=s.get("score", 0.0),
-                rle=_rle_pb(s["rle"]) if "rle" in s else None,
-            )
-        )
-    response.instances.extend(_instance_pb(item) for item in result.instances or [])
-    return response
+# --- the wrapper ----------------------------------------------------------------------------------
 
 
-def _instance_pb(item: dict) -> pb.Instance:
-    return pb.Instance(
-        id=item["id"],
-        category_id=item["category_id"],
-        name=item["name"],
-        score=item["score"],
-        bbox=item["bbox"],
-        area=item["area"],
-        rle=_rle_pb(item["rle"]) if "rle" in item else None,
-        polygons=[pb.Polygon(points=p) for p in item.get("polygons", [])],
-    )
+def _start(core: SegmentationCore, request: Any, context, meta: dict[str, str], frame: bool = False) -> Call:
+    """The call's request id: the request's own field, else ``x-request-id`` metadata, else Ray's id for
+    the RPC (a stream's frames get fresh ones instead: Ray's id names the whole stream)."""
+    given = getattr(request, "request_id", "") or meta.get("x-request-id")
+    ray_id = None if frame else request_context.grpc_ray_request_id(context)
+    request_id = request_context.new_request_id(given or ray_id)
+    request_context.bind_request_id(request_id)  # every log line (and split handle call) carries it
+    return Call(core, context, meta, request_id, request_bytes=request.ByteSize())
 
 
-def model_to_pb(info: dict[str, Any]) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        name=info["name"],
-        task=info["task"],
-        version=info["version"],
-        weights_digest=info["weights_digest"],
-        description=info["description"],
-        architecture=info["architecture"],
-        classes=[pb.ClassInfo(**c) for c in info["classes"]],
-        input=pb.InputPolicy(**info["input"]),
-        max_batch_size=info["max_batch_size"],
-        instance=pb.InstanceSettings(**info["instance"]) if "instance" in info else None,
+def _accounting(call: Call, method: Method, request: Any):
+    if not method.accounted:
+        return contextlib.nullcontext()
+    return metrics.request_call(
+        "grpc", request.model, call.core.served, call.request_id, on_finish=request_context.access_log
     )
 
 
@@ -160,31 +152,33 @@ def fail(context, error: BaseException, request_id: str = "") -> ServiceError:
     return service_error
 
 
-async def segment(core: SegmentationCore, request: pb.SegmentRequest, context) -> pb.SegmentResponse:
+async def unary(core: SegmentationCore, name: str, request: Any, context) -> Any:
+    """Run method ``name`` of ``METHODS`` for one request: auth, accounting, errors, request id."""
+    method = METHODS[name]
     meta = metadata(context)
-    request_id = ""
-    with metrics.request_call("grpc", request.model, core.served) as call:
+    call = _start(core, request, context, meta)
+    with _accounting(call, method, request) as account:
         try:
-            core.authenticate(api_key(meta))
-            options = options_from_pb(request, meta, core, _ray_request_id(context))
-            request_id = options.request_id
-            metrics.bind_request_id(request_id)  # every log line and handle call of this request carries it
-            result = await core.segment(request.image, request.content_type or None, options)
+            if not method.open:
+                core.authenticate(api_key(meta))
+            response = await method.body(request, call)
         except Exception as e:
-            error = fail(context, e, request_id)
-            call.failed(grpc_status(error).name, error, request_id)
-            return pb.SegmentResponse()
+            error = fail(context, e, call.request_id)
+            if account is not None:
+                account.failed(grpc_status(error).name, error, call.request_id)
+            return method.empty()
         if context is not None:
-            context.set_trailing_metadata([("x-request-id", request_id)])
-        response = result_to_pb(result, request.frame_id)
-        call.succeeded("OK", result, response.ByteSize(), request_id, request.ByteSize())
+            context.set_trailing_metadata([("x-request-id", call.request_id)])
+        if account is not None:
+            account.succeeded("OK", call.result, response.ByteSize(), call.request_id, call.request_bytes)
         return response
 
 
 async def segment_stream(
     core: SegmentationCore, requests: AsyncIterator[pb.SegmentRequest], context
 ) -> AsyncIterator[pb.SegmentResponse]:
-    """Frames are answered in order; a bad frame gets ``error`` and the stream continues."""
+    """``SegmentStream``: authenticated once; each frame is accounted like a ``Segment`` call and answered
+    in order; a bad frame gets ``error`` and the stream goes on."""
     meta = metadata(context)
     try:
         core.authenticate(api_key(meta))
@@ -192,43 +186,20 @@ async def segment_stream(
         # Raised, not returned: Ray's proxy copies the status onto a stream only with a yielded
         # message or an exception (2.54+ keeps the code set before the raise).
         raise fail(context, e) from None
+    method = METHODS["Segment"]
     async for request in requests:
-        with metrics.request_call("grpc", request.model, core.served) as call:  # one per frame
+        call = _start(core, request, context, meta, frame=True)
+        with _accounting(call, method, request) as account:
             try:
-                options = options_from_pb(request, meta, core)
-                metrics.bind_request_id(options.request_id)
-                result = await core.segment(request.image, request.content_type or None, options)
-                response = result_to_pb(result, request.frame_id)
-                call.succeeded("OK", result, response.ByteSize(), options.request_id, request.ByteSize())
+                response = await _segment(request, call)
             except Exception as e:
                 error = to_service_error(e)
-                call.failed(grpc_status(error).name, error)
+                account.failed(grpc_status(error).name, error, call.request_id)
                 response = pb.SegmentResponse(
                     model=request.model,
                     frame_id=request.frame_id,
                     error=pb.FrameError(code=error.code, message=error.message),
                 )
+            else:
+                account.succeeded("OK", call.result, response.ByteSize(), call.request_id, call.request_bytes)
         yield response
-
-
-def list_models(core: SegmentationCore, context) -> pb.ListModelsResponse:
-    try:
-        core.authenticate(api_key(metadata(context)))
-        return pb.ListModelsResponse(models=[model_to_pb(m) for m in core.list_models()])
-    except Exception as e:
-        fail(context, e)
-        return pb.ListModelsResponse()
-
-
-def get_model(core: SegmentationCore, request: pb.GetModelRequest, context) -> pb.ModelInfo:
-    try:
-        core.authenticate(api_key(metadata(context)))
-        return model_to_pb(core.get_model(request.name))
-    except Exception as e:
-        fail(context, e)
-        return pb.ModelInfo()
-
-
-def health_check(ready: bool) -> health_pb2.HealthCheckResponse:
-    status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-    return health_pb2.HealthCheckResponse(status=status)

@@ -11,7 +11,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 
 from service import metrics
-from service.api.core import new_request_id, parse_timeout_ms
+from service.api import context as request_context
+from service.api.core import parse_timeout_ms
 from service.api.errors import http_headers, to_service_error
 from service.errors import InvalidArgument, InvalidImage, PayloadTooLarge, ServiceError
 from service.types import SegmentOptions, SegmentResult
@@ -145,7 +146,7 @@ def request_ids(request: Request) -> tuple[str, bool]:
     and echoes it in the response; we use it unless it is not sane (``new_request_id``), and then send
     our own beside it."""
     given = request.headers.get("x-request-id")
-    request_id = new_request_id(given)
+    request_id = request_context.new_request_id(given)
     return request_id, request_id == given
 
 
@@ -206,15 +207,17 @@ def authenticate(request: Request) -> None:
 async def segment_endpoint(core, model: str, request: Request) -> Response:
     """``POST /v1/models/{model}/segment``: one request, counted, logged and answered, errors included."""
     request_id, echoed = request_ids(request)
-    metrics.bind_request_id(request_id)  # every log line (and split handle call) of this request carries it
-    with metrics.request_call("http", model, core.served, request_id) as call:
+    request_context.bind_request_id(request_id)  # every log line (and split handle call) carries it
+    with metrics.request_call(
+        "http", model, core.served, request_id, on_finish=request_context.access_log
+    ) as call:
         try:
             authenticate(request)
-            core.spec(model)  # 404 before reading a large body
+            spec = core.spec(model)  # 404 before reading a large body
             deadline = core.deadline(request_timeout(request))
             options = parse_options(model, dict(request.query_params), request_id, deadline)
             body, content_type = await image_from_request(request, core.settings.limits.max_body_bytes)
-            result = await core.segment(body, content_type, options)
+            result = await core.segment(spec, body, content_type, options)
         except Exception as e:
             error = to_service_error(e)
             call.failed(str(error.http_status), error, request_id)

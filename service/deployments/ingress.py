@@ -53,25 +53,21 @@ class Ingress:
         app.state.core = self.core
         return app
 
-    # gRPC: Ray's proxy calls the method named like the RPC. `grpc_context=None` keeps the methods
-    # callable through a DeploymentHandle too.
+    # gRPC: Ray Serve calls the method named like the RPC; each is one line into the wrapper of
+    # service/api/grpc.py (auth, accounting, errors). `grpc_context=None` keeps the methods callable
+    # through a DeploymentHandle too.
     async def Segment(self, request, grpc_context=None):
-        return await grpc_api.segment(self.core, request, grpc_context)
+        return await grpc_api.unary(self.core, "Segment", request, grpc_context)
 
     async def SegmentStream(self, requests: gRPCInputStream, grpc_context=None):
         async for response in grpc_api.segment_stream(self.core, requests, grpc_context):
             yield response
 
     async def ListModels(self, request, grpc_context=None):
-        return grpc_api.list_models(self.core, grpc_context)
+        return await grpc_api.unary(self.core, "ListModels", request, grpc_context)
 
     async def GetModel(self, request, grpc_context=None):
-        return grpc_api.get_model(self.core, request, grpc_context)
+        return await grpc_api.unary(self.core, "GetModel", request, grpc_context)
 
     async def Check(self, request, grpc_context=None):
-        """grpc.health.v1.Health/Check, for Kubernetes gRPC probes: SERVING once every model is ready."""
-        try:
-            await self.core.ready()
-        except Exception:
-            return grpc_api.health_check(ready=False)
-        return grpc_api.health_check(ready=True)
+        return await grpc_api.unary(self.core, "Check", request, grpc_context)

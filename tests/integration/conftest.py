@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import httpx
 import pytest
 
+from service.local import free_port
+
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -52,12 +51,6 @@ FAST_NODE_FAILURE_DETECTION = {
     "health_check_timeout_ms": 1000,
     "health_check_failure_threshold": 3,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def log(message: str) -> None:
@@ -86,7 +79,7 @@ def main() -> dict:
 
     from service.app import build_app
     from service.config import load_repository
-    from service.local import local_ray_env
+    from service.local import free_port, local_ray_env
     from service.training.shapes import make_sample
     from tests.conftest import png_bytes
     from tests.integration.apps import (

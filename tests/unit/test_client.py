@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import pickle
-import socket
 import threading
 from collections import Counter
 from concurrent import futures
@@ -39,6 +38,7 @@ from service.errors import ModelNotFound, Overloaded, Unavailable
 from service.generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from service.imaging.decode import decode_image
 from service.imaging.encode import encode_rgb_png
+from service.local import free_port
 from service.pipeline import encode_result
 from service.types import ClassPresence, Segmentation, SegmentOptions, SegmentResult
 from tests.conftest import jpeg_bytes, png_bytes
@@ -85,12 +85,6 @@ class Recorder:
 def fast_policy(retries: int = 3, **kwargs: Any) -> tuple[RetryPolicy, Recorder]:
     sleep = Recorder()
     return RetryPolicy(retries=retries, backoff_s=0.01, sleep=sleep, **kwargs), sleep
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- retry policy ---------------------------------------------------------------------------------------
@@ -371,6 +365,7 @@ class FakeCore:
 
     def __init__(self, repository, api_key: str | None = None) -> None:
         self.repository, self.api_key = repository, api_key
+        self.spec = lambda name: repository.get(name) or self.repository.get(MODEL)
         self.served = repository.names()  # served models, as the real core
         self.timeouts: list[float | None] = []
         self.flaky_failures = 1
@@ -394,7 +389,9 @@ class FakeCore:
             raise ModelNotFound(name, self.repository.names())
         return model_info(spec, "digest")
 
-    async def segment(self, body: bytes, content_type: str | None, options: SegmentOptions) -> SegmentResult:
+    async def segment(
+        self, spec, body: bytes, content_type: str | None, options: SegmentOptions
+    ) -> SegmentResult:
         if options.model == "busy":
             raise Overloaded("the service is at capacity; retry after a short wait")
         if options.model == "flaky" and self.flaky_failures > 0:
@@ -417,7 +414,7 @@ class Servicer(pb_grpc.SegmentationServicer):
     def Segment(self, request, context):
         self.calls[request.model] += 1
         self.metadata.append(dict(context.invocation_metadata()))
-        return asyncio.run(grpc_api.segment(self.core, request, context))
+        return asyncio.run(grpc_api.unary(self.core, "Segment", request, context))
 
     def SegmentStream(self, request_iterator, context):
         self.metadata.append(dict(context.invocation_metadata()))
@@ -438,11 +435,11 @@ class Servicer(pb_grpc.SegmentationServicer):
             loop.close()
 
     def ListModels(self, request, context):
-        return grpc_api.list_models(self.core, context)
+        return asyncio.run(grpc_api.unary(self.core, "ListModels", request, context))
 
     def GetModel(self, request, context):
         self.calls[f"get:{request.name}"] += 1
-        return grpc_api.get_model(self.core, request, context)
+        return asyncio.run(grpc_api.unary(self.core, "GetModel", request, context))
 
 
 @pytest.fixture

@@ -73,3 +73,20 @@ assert not any(m == "segmentation" or m.startswith("segmentation.") for m in sys
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_wire_enum_names_the_services_mask_formats() -> None:
+    """service.types.MASK_FORMATS is where the formats are spelled; the proto's enum must name the
+    same ones (the gRPC converters of the service and the client derive their tables from it)."""
+    from segserve_client.grpc import FORMAT_TO_PB as CLIENT_TABLE
+
+    from service.api.grpc_convert import FORMAT_TO_PB as SERVICE_TABLE
+    from service.generated.segmentation.v1 import segmentation_pb2 as pb
+    from service.types import MASK_FORMATS
+
+    names = {
+        n.removeprefix("MASK_FORMAT_").lower() for n in (v.name for v in pb.MaskFormat.DESCRIPTOR.values)
+    }
+    names -= {"unspecified"}
+    assert names == set(MASK_FORMATS) == set(SERVICE_TABLE) == set(CLIENT_TABLE)
+    assert SERVICE_TABLE == CLIENT_TABLE

@@ -16,7 +16,7 @@ from segserve_client.grpc import model_to_dict, result_from_pb
 from segserve_client.http import result_from_json
 
 from service.api.core import model_info
-from service.api.grpc import model_to_pb, result_to_pb
+from service.api.grpc_convert import model_to_pb, result_to_pb
 from service.api.http import result_json
 from service.config import Limits
 from service.errors import InvalidArgument

@@ -200,7 +200,9 @@ def test_request_call_cancelled_still_counts_and_leaves_flight(sink) -> None:
 
 
 def test_refresh_in_flight_sets_every_served_series(sink) -> None:
-    metrics._in_flight.clear()
+    from service.metrics import requests as accounting
+
+    accounting._in_flight.clear()
     call = metrics.request_call("grpc", "a", {"a", "b"}, sink=sink)
     sink.gauges.clear()
     metrics.refresh_in_flight({"a", "b"}, sink=sink)
@@ -265,9 +267,17 @@ def test_memory_sink_checks_tags(sink) -> None:
 
 def test_access_log_fields_land_in_rays_json_lines(sink, caplog) -> None:
     formatters = pytest.importorskip("ray._common.formatters")
-    call = metrics.request_call("http", "m", {"m"}, request_id="rid-7", sink=sink)
-    with caplog.at_level(logging.INFO, logger="ray.serve"), call:
-        call.succeeded("200", result(), 999, request_bytes=321)
+    from service.api.context import access_log
+
+    call = metrics.request_call("http", "m", {"m"}, request_id="rid-7", sink=sink, on_finish=access_log)
+    # Importing ray stops its loggers from propagating to the root logger caplog listens on.
+    serve_logger = logging.getLogger("ray.serve")
+    serve_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="ray.serve"), call:
+            call.succeeded("200", result(), 999, request_bytes=321)
+    finally:
+        serve_logger.removeHandler(caplog.handler)
     [record] = [r for r in caplog.records if r.getMessage().startswith("segment ")]
     line = json.loads(formatters.JSONFormatter().format(record))
     assert line["request_id"] == "rid-7"
@@ -292,12 +302,14 @@ def test_bind_request_id_sets_serve_request_context() -> None:
     pytest.importorskip("ray.serve.context")
     import contextvars
 
+    from service.api import context
+
     def inside() -> str:
-        metrics.bind_request_id("rid-42")
-        return metrics.current_request_id()
+        context.bind_request_id("rid-42")
+        return context.current_request_id()
 
     assert contextvars.copy_context().run(inside) == "rid-42"
-    assert metrics.current_request_id() != "rid-42"  # only the context it was bound in
+    assert context.current_request_id() != "rid-42"  # only the context it was bound in
 
 
 # --- codec and segmenter --------------------------------------------------------------------------

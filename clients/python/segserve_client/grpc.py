@@ -28,12 +28,11 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
+# The proto's enum spells the formats: MASK_FORMAT_<NAME> is format "<name>".
 FORMAT_TO_PB: dict[str, int] = {
-    "png": pb.MASK_FORMAT_PNG,
-    "raw": pb.MASK_FORMAT_RAW,
-    "rle": pb.MASK_FORMAT_RLE,
-    "polygons": pb.MASK_FORMAT_POLYGONS,
-    "coco_panoptic": pb.MASK_FORMAT_COCO_PANOPTIC,
+    name.removeprefix("MASK_FORMAT_").lower(): value
+    for name, value in pb.MaskFormat.items()
+    if value != pb.MASK_FORMAT_UNSPECIFIED
 }
 FORMAT_FROM_PB = {v: k for k, v in FORMAT_TO_PB.items()} | {pb.MASK_FORMAT_UNSPECIFIED: "png"}
 
