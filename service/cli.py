@@ -63,9 +63,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_check(args: argparse.Namespace) -> int:
+    """Load and try each entry as a replica would; non-zero naming the file, model and key on a problem."""
+    from service.models.check import ModelCheckError, check_repository
+
+    try:
+        reports = check_repository(args.repository, [args.name] if args.name else None, args.device)
+    except ModelCheckError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for report in reports:
+        print(json.dumps(report.as_dict()) if args.json else report.line())
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from service.local import serve_forever
 
+    if _models_check(argparse.Namespace(repository=DEFAULT_REPOSITORY, name=None, device=None, json=False)):
+        return 1  # a bad entry stops here, before Ray starts, with the file, model and key named
     serve_forever(args.host, args.port, args.grpc_port, args.metrics_port)
     return 0
 
@@ -124,6 +140,14 @@ def _add_client_commands(sub) -> None:
     p = sub.add_parser("models", help="list the models a running service serves, with their classes")
     client.add_target_arguments(p)
     p.set_defaults(func=client.models)
+    check = p.add_subparsers(dest="models_command").add_parser(
+        "check", help="load each repository entry as a replica would and run one forward (no service needed)"
+    )
+    check.add_argument("name", nargs="?", help="only this model (default: every entry)")
+    check.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    check.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: each entry's own")
+    check.add_argument("--json", action="store_true", help="one JSON object per model")
+    check.set_defaults(func=_models_check)
 
     p = sub.add_parser("stream", help="stream a video or a folder of images over gRPC; write masks")
     p.add_argument("source", metavar="VIDEO_OR_FOLDER")
