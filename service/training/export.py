@@ -43,7 +43,7 @@ def export_program(
 ) -> torch.export.ExportedProgram:
     """``torch.export`` the network (in eval mode, on the CPU) with dynamic batch and size; save a .pt2."""
     program = torch.export.export(
-        Scores(model.eval(), key), (example_input(size),), dynamic_shapes=_dynamic(max_batch)
+        Scores(model, key).eval(), (example_input(size),), dynamic_shapes=_dynamic(max_batch)
     )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, path)
@@ -56,7 +56,7 @@ def export_onnx(
     """ONNX (torch's dynamo exporter) with dynamic batch and size, one self-contained file."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        Scores(model.eval(), key),
+        Scores(model, key).eval(),
         (example_input(size),),
         str(path),
         input_names=["image"],
