@@ -67,7 +67,7 @@ def test_weights_of_another_architecture_name_the_first_tensor(tmp_path):
     other = random_entry(tmp_path, "other", "unet", {"depth": 2, "base_width": 8}, classes=3)
     error = check_error(tmp_path, [{**entry, "weights": other["weights"]}])
     assert error.key == "weights"
-    assert "the file has no tensor 'encoder.conv1.weight'" in str(error)
+    assert "the file has no tensor 'encoder.conv1.weight'; the file has 'trunk.stem.0.weight'" in str(error)
 
 
 def test_wrong_class_count_names_the_head_tensor(tmp_path):
@@ -294,3 +294,21 @@ def test_load_model_refuses_a_missing_artefact(tmp_path):
 def test_shipped_repository_yaml_is_valid():
     assert yaml.safe_load((ROOT / "models" / "repository.yaml").read_text())["models"]
     load_repository(ROOT / "models" / "repository.yaml")
+
+
+def test_onnx_with_external_data_is_refused(tmp_path):
+    """The session is made from the file's bytes: an ONNX file pointing at other files does not load."""
+    import onnx
+
+    export_tiny_onnx(tmp_path / "inline.onnx", channels=3)
+    model = onnx.load(str(tmp_path / "inline.onnx"))
+    onnx.save_model(
+        model,
+        str(tmp_path / "split.onnx"),
+        save_as_external_data=True,
+        location="split.data",
+        size_threshold=0,
+    )
+    assert (tmp_path / "split.data").exists()
+    error = check_error(tmp_path, [onnx_entry("split.onnx")])
+    assert error.key == "weights" and "not a loadable ONNX model" in str(error)
