@@ -33,6 +33,9 @@ def _train(args: argparse.Namespace) -> int:
         return panoptic.train_command(args, repo, spec)
     from service.training.semantic import TrainConfig, train
 
+    if spec.format != "pytorch":
+        print(f"{spec.name} is a {spec.format} artefact: train its source model, then export it", file=sys.stderr)
+        return 2
     if args.init_weights:
         print("--init-weights is for panoptic models (a semantic model trains from scratch)", file=sys.stderr)
         return 2
