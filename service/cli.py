@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
     from service.training.semantic import TrainConfig, train
 
     if spec.format != "pytorch":
-        print(f"{spec.name} is a {spec.format} artefact: train its source model, then export it", file=sys.stderr)
+        print(f"{spec.name} is an exported artefact ({spec.format}): train its source model", file=sys.stderr)
         return 2
     if args.init_weights:
         print("--init-weights is for panoptic models (a semantic model trains from scratch)", file=sys.stderr)
