@@ -36,11 +36,12 @@ def _train(args: argparse.Namespace) -> int:
     if spec.format != "pytorch":
         print(f"{spec.name} is an exported artefact ({spec.format}): train its source model", file=sys.stderr)
         return 2
-    if args.init_weights:
-        print("--init-weights is for panoptic models (a semantic model trains from scratch)", file=sys.stderr)
-        return 2
     config = TrainConfig(
-        steps=args.steps or TrainConfig.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads
+        steps=args.steps or TrainConfig.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+        init_weights=args.init_weights,
     )
     weights = repo.weights_path(spec)
     report = train(spec, weights, Path(args.checkpoints) / spec.name, config, stop_at=args.stop_at)
@@ -100,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
-        "--init-weights", default=None, help="panoptic: start from these weights (e.g. a U-Net trunk)"
+        "--init-weights",
+        default=None,
+        help="start from these weights: a second stage of the same model, or (panoptic) a U-Net trunk",
     )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--checkpoints", default="checkpoints", help="resumable checkpoints go here")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from service.config import ModelSpec
 from service.imaging.geometry import fit_to_policy, pad_value, restore_labels
-from service.models.registry import build_model, normalize, save_weights, select_output
+from service.models.registry import build_model, load_weights, normalize, save_weights, select_output
 from service.training import checkpoint as checkpoints
 from service.training.metrics import IGNORE_INDEX, DatasetIoU, IoUReport
 from service.training.shapes import DEFAULT_SIZES, ShapesConfig, make_batch, make_sample
@@ -43,6 +43,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     """torch threads for training; 0 = torch's default."""
+    init_weights: str | None = None
+    """safetensors of this same model to start from (a second training stage, e.g. a second one-cycle
+    schedule after the first one ended); None: random initialisation."""
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -120,6 +123,8 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = build_model(spec)
+    if config.init_weights:
+        load_weights(model, Path(config.init_weights))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.15
