@@ -126,9 +126,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str | None:
     """Why ``found`` does not fit ``expected``, naming the first tensor that does not (None: it fits)."""
+    unexpected = sorted(k for k in found if k not in expected)  # sorted: the file's order is not kept
     for name, tensor in expected.items():
         if name not in found:
-            extra = next((k for k in found if k not in expected), None)
+            extra = unexpected[0] if unexpected else None
             hint = f"; the file has {extra!r} instead" if extra else ""
             return f"the file has no tensor {name!r}{hint} (weights of another architecture?)"
         if tuple(found[name].shape) != tuple(tensor.shape):
@@ -136,9 +137,8 @@ def first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, tor
                 f"tensor {name!r} has shape {tuple(found[name].shape)} in the file, the architecture "
                 f"wants {tuple(tensor.shape)} (another architecture, arguments or class count?)"
             )
-    extra = next((k for k in found if k not in expected), None)
-    if extra is not None:
-        return f"the file has tensor {extra!r}, which the architecture does not have"
+    if unexpected:
+        return f"the file has tensor {unexpected[0]!r}, which the architecture does not have"
     return None
 
 

@@ -67,7 +67,7 @@ def test_weights_of_another_architecture_name_the_first_tensor(tmp_path):
     other = random_entry(tmp_path, "other", "unet", {"depth": 2, "base_width": 8}, classes=3)
     error = check_error(tmp_path, [{**entry, "weights": other["weights"]}])
     assert error.key == "weights"
-    assert "the file has no tensor 'encoder.conv1.weight'; the file has 'trunk.stem.0.weight'" in str(error)
+    assert "the file has no tensor 'encoder.conv1.weight'; the file has 'head.bias' instead" in str(error)
 
 
 def test_wrong_class_count_names_the_head_tensor(tmp_path):
