@@ -37,8 +37,8 @@ def deployments_of(app: str) -> set[str]:
     return set(serve.status().applications[app].deployments)
 
 
-def test_the_session_app_is_fused_and_the_split_app_has_its_codec(service, split_app):
-    assert deployments_of(SESSION_APP) == {"Ingress", "Segmenter-unet-shapes", "Segmenter-panoptic-shapes"}
+def test_the_session_app_is_fused_and_the_split_app_has_its_codec(service, split_app, repository):
+    assert deployments_of(SESSION_APP) == {"Ingress", *(f"Segmenter-{name}" for name in repository.names())}
     assert deployments_of(APP) == {"Ingress", "ImageCodec", f"Segmenter-{MODEL}"}
 
 
