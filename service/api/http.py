@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from service import metrics
 from service.api.core import new_request_id, parse_timeout_ms
 from service.api.errors import http_headers, to_service_error
+from service.api.ui import router as page_router
 from service.errors import InvalidArgument, InvalidImage, PayloadTooLarge, ServiceError
 from service.types import SegmentOptions, SegmentResult
 
@@ -196,6 +197,8 @@ def build_http_app() -> FastAPI:
     async def segment(model: str, request: Request):
         return await segment_endpoint(core_of(request), model, request)
 
+    # The try-it page (GET /, /ui/): static files, open without a key (why: service/api/ui/__init__.py).
+    app.include_router(page_router)
     return app
 
 
