@@ -45,20 +45,19 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
         {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
         {},
     ),
-    "no-ray-access-log": (
-        "+ Ray's per-request access log off (ours stays)",
-        {},
-        {},
-        {"enable_access_log": False},
-    ),
     "buffered-logs": (
         "+ request-path logs buffered",
         {},
         {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000"},
         {},
     ),
-    "gc-freeze": ("+ gc.freeze() after start-up", {}, {"RAY_SERVE_FREEZE_GC_ON_STARTUP": "1"}, {}),
-    "no-stderr-logs": ("+ replica logs not copied to stderr", {}, {"RAY_SERVE_LOG_TO_STDERR": "0"}, {}),
+    "no-haproxy-metrics": (
+        "+ HAProxy's per-request log to Ray's metrics off",
+        {},
+        {"RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"},
+        {},
+    ),
+    "haproxy-one-thread": ("+ HAProxy on one thread", {}, {"RAY_SERVE_HAPROXY_NBTHREAD": "1"}, {}),
 }
 CUMULATIVE_FROM = "fused-haproxy"
 

@@ -78,6 +78,13 @@ def kill_actor(actor_id: str) -> None:
     ray.kill(ray.get_actor(info["Name"], namespace="serve"), no_restart=True)
 
 
+def session_ingress_replicas() -> int:
+    """The session app's ingress replicas (fused topology: each one runs every model)."""
+    from service.local import load_serve_config
+
+    return load_serve_config()["applications"][0]["args"]["ingress"]["num_replicas"]
+
+
 def running_replicas(app: str, deployment: str) -> int:
     from ray import serve
     from ray.serve.schema import ReplicaState
@@ -163,6 +170,13 @@ def extra_app(service, name: str, args: dict[str, Any]) -> Iterator[str]:
         yield url
     finally:
         serve.delete(name)
+        # HAProxy learns of the deletion a moment later (a config reload): until then, gRPC calls without
+        # `application` metadata are refused as ambiguous. The next module starts once it has.
+        wait_for(
+            lambda: f'"/{name}"' not in httpx.get(f"{service.url}/-/routes", timeout=10).text,
+            READY_TIMEOUT_S,
+            what=f"application {name} gone from HAProxy's routes",
+        )
 
 
 # --- load -----------------------------------------------------------------------------------------------

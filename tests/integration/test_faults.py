@@ -38,6 +38,7 @@ from tests.integration.apps import (
     extra_app,
     kill_actor,
     light_args,
+    session_ingress_replicas,
     temp_repository,
     wait_for,
 )
@@ -62,16 +63,9 @@ def check_results(outcomes, expected) -> None:
         np.testing.assert_array_equal(result.labels, expected[i])
 
 
-def shipped_replicas() -> int:
-    """The session app's ingress replicas (fused topology: each one runs every model)."""
-    from service.local import load_serve_config
-
-    return load_serve_config()["applications"][0]["args"]["ingress"]["num_replicas"]
-
-
 def session_healthy(service) -> bool:
     """The shipped (fused, CPU) topology's one deployment at its configured replica count."""
-    return app_is_healthy(service.url, SESSION_APP, {"Ingress": shipped_replicas()})
+    return app_is_healthy(service.url, SESSION_APP, {"Ingress": session_ingress_replicas()})
 
 
 def test_killed_model_replica_is_replaced_and_no_request_is_lost(service, images):
@@ -80,7 +74,7 @@ def test_killed_model_replica_is_replaced_and_no_request_is_lost(service, images
     bodies, expected = images
     assert session_healthy(service)
     replicas = deployment_replicas("Ingress")
-    assert len(replicas) == shipped_replicas() >= 2
+    assert len(replicas) == session_ingress_replicas() >= 2
     victim, victim_pid = sorted(replicas.items())[0]
     raw_http = service.http(timeout=120)
     http_client = HttpClient(service.url, timeout_s=120, retry_policy=RETRIES)

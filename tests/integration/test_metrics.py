@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from tests.conftest import png_bytes
+from tests.integration.apps import session_ingress_replicas
 from tests.unit.test_metrics_assets import used_metric_names
 
 pytestmark = pytest.mark.integration
@@ -370,7 +371,7 @@ def test_gauges_in_flight_memory_and_model_ready(service, traffic, repository):
     assert wanted <= set(series) and not any(series.values()), series
     for model in traffic.models:
         info = traffic.infos[model]
-        replicas = repository.get(model).deployment.num_replicas
+        replicas = session_ingress_replicas()  # fused: every ingress replica runs every model
         readies = traffic.after.select("ray_seg_model_ready", model=model)
         assert len(readies) == replicas  # one series per replica
         for ready in readies:
