@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 DEFAULT_REPOSITORY = "models/repository.yaml"
 
 
-def _model(args: argparse.Namespace):
-    """(repository, spec) of ``--model``, or None after printing why it is unknown."""
+def _trainer(args: argparse.Namespace):
+    """(repository, spec, trainer module) of ``--model``, or None after printing why it cannot be
+    trained or evaluated here: the one place ``train`` and ``evaluate`` look a model up."""
     from service.config import load_repository
 
     repo = load_repository(args.repository)
@@ -23,65 +23,36 @@ def _model(args: argparse.Namespace):
     if spec is None:
         print(f"unknown model {args.model!r}; known: {', '.join(repo.names())}", file=sys.stderr)
         return None
-    return repo, spec
+    if spec.task == "instance":
+        print(
+            f"{spec.name} is an instance model: train and evaluate it with torchvision, then serve its "
+            "state dict as safetensors (docs/instance.md)",
+            file=sys.stderr,
+        )
+        return None
+    if spec.format != "pytorch":
+        print(f"{spec.name} is an exported artefact ({spec.format}): train its source model", file=sys.stderr)
+        return None
+    if spec.task == "panoptic":
+        from service.training import panoptic as trainer
+    else:
+        from service.training import semantic as trainer
+    return repo, spec, trainer
 
 
 def _train(args: argparse.Namespace) -> int:
-    found = _model(args)
-    if found is None:
-        return 2
-    repo, spec = found
-    if spec.task == "instance":
-        return _trained_elsewhere(spec.name)
-    if spec.task == "panoptic":
-        from service.training import panoptic
+    from service.training.loop import train_command
 
-        return panoptic.train_command(args, repo, spec)
-    from service.training.semantic import TrainConfig, train
-
-    if spec.format != "pytorch":
-        print(f"{spec.name} is an exported artefact ({spec.format}): train its source model", file=sys.stderr)
-        return 2
-    config = TrainConfig(
-        steps=args.steps or TrainConfig.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        threads=args.threads,
-        init_weights=args.init_weights,
-    )
-    weights = repo.weights_path(spec)
-    report = train(spec, weights, Path(args.checkpoints) / spec.name, config, stop_at=args.stop_at)
-    print(json.dumps({"model": spec.name, "weights": str(weights), "validation": report.as_dict()}, indent=1))
-    return 0
+    found = _trainer(args)
+    return 2 if found is None else train_command(args, *found)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    found = _model(args)
+    found = _trainer(args)
     if found is None:
         return 2
-    repo, spec = found
-    if spec.task == "instance":
-        return _trained_elsewhere(spec.name)
-    if spec.task == "panoptic":
-        from service.training import panoptic
-
-        return panoptic.evaluate_command(args, repo, spec)
-    from service.models.registry import load_model
-    from service.training.semantic import evaluate, held_out_seeds
-
-    model = load_model(spec, repo.weights_path(spec))
-    report = evaluate(model, spec, held_out_seeds(args.images), progress=True)
-    print(json.dumps({"model": spec.name, "held_out": report.as_dict()}, indent=1))
-    return 0
-
-
-def _trained_elsewhere(name: str) -> int:
-    print(
-        f"{name} is an instance model: train and evaluate it with torchvision, then serve its state dict "
-        "as safetensors (docs/instance.md)",
-        file=sys.stderr,
-    )
-    return 2
+    repo, spec, trainer = found
+    return trainer.evaluate_command(args, repo, spec)
 
 
 def _models_check(args: argparse.Namespace) -> int:

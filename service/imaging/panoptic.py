@@ -205,44 +205,6 @@ def panoptic_from_centers(
     return PanopticOutput(panoptic, labels, centers.float(), scores)
 
 
-def panoptic_segmentation(
-    semantic_logits: torch.Tensor,
-    center_heatmap: torch.Tensor,
-    offsets: torch.Tensor,
-    *,
-    thing_ids: Sequence[int],
-    center_threshold: float = 0.1,
-    nms_kernel: int = 7,
-    top_k: int | None = 200,
-    stuff_area: int = 64,
-    label_divisor: int = 1000,
-    void: int = -1,
-) -> PanopticOutput:
-    """Panoptic-DeepLab post-processing of ONE image, every input at the same resolution.
-
-    semantic_logits: float ``[C, H, W]``; center_heatmap: float ``[1, H, W]`` (regressed Gaussians,
-    peak ~1 at instance centres); offsets: float ``[2, H, W]``, (dy, dx) in pixels from each pixel to
-    its centre. Returns a ``PanopticOutput`` (panoptic values, semantic argmax, centres, scores).
-    """
-    if semantic_logits.dim() != 3 or semantic_logits.shape[1:] != center_heatmap.shape[1:]:
-        raise ValueError(
-            f"semantic_logits [C, H, W] and center_heatmap [1, H, W] must share H, W, got "
-            f"{list(semantic_logits.shape)} and {list(center_heatmap.shape)}"
-        )
-    centers = find_instance_centers(center_heatmap, center_threshold, nms_kernel, top_k)
-    center_scores = center_heatmap[0, centers[:, 0], centers[:, 1]]
-    return panoptic_from_centers(
-        semantic_logits,
-        centers,
-        center_scores,
-        offsets,
-        thing_ids=thing_ids,
-        stuff_area=stuff_area,
-        label_divisor=label_divisor,
-        void=void,
-    )
-
-
 def to_coco_segments(
     panoptic: torch.Tensor,
     thing_ids: Sequence[int],

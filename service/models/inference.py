@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from service.config import ModelSpec
-from service.imaging.geometry import restore_labels
+from service.imaging.restore import restore_labels
 from service.models.registry import normalize, select_output
 from service.types import PreparedImage, Segmentation
 

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from service.config import ModelSpec, PanopticSpec
-from service.imaging.geometry import Geometry, restore
+from service.imaging.geometry import Geometry
 from service.imaging.panoptic import (
     PanopticOutput,
     find_instance_centers,
     panoptic_from_centers,
     to_coco_segments,
 )
+from service.imaging.restore import restore
 from service.models.inference import GroupOutput, Runner
 from service.types import PreparedImage
 

@@ -1,7 +1,7 @@
 """U-Net (Ronneberger et al., 2015) with BatchNorm: an encoder-decoder joined by skip connections.
 
-Inputs must have sides that are a multiple of ``2**depth``; ``pad_to_multiple`` / ``crop_to`` wrap
-other sizes. The network returns logits of shape [B, num_classes, H, W] at the input size.
+Inputs must have sides that are a multiple of ``2**depth`` (a repository entry's ``input.size_divisor``
+pads images to it). The network returns logits of shape [B, num_classes, H, W] at the input size.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class UNetTrunk(nn.Module):
         if x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise ValueError(
                 f"input sides must be multiples of {multiple} (depth {self.depth}), got "
-                f"{tuple(x.shape[-2:])}; pad with service.models.unet.pad_to_multiple"
+                f"{tuple(x.shape[-2:])}; pad the input (input.size_divisor in the repository entry)"
             )
         skips = [self.stem(x)]
         for down in self.down:
@@ -101,19 +101,3 @@ def build_unet(
 ) -> UNet:
     """Builder used by the model registry (keyword-only, as in torchvision's builders)."""
     return UNet(num_classes, in_channels, depth, base_width, bilinear)
-
-
-def pad_to_multiple(
-    x: torch.Tensor, multiple: int, value: float = 0.0
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad the bottom and right of [..., H, W] up to multiples; returns the tensor and (H, W)."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), value=value)
-    return x, (h, w)
-
-
-def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Undo ``pad_to_multiple``."""
-    return x[..., : size[0], : size[1]]

@@ -18,7 +18,7 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,8 @@ from tqdm import tqdm
 from service.config import ModelSpec, Repository
 from service.imaging.geometry import fit_to_policy, pad_value
 from service.models.panoptic_inference import PanopticRunner
-from service.models.registry import build_model, save_weights, to_model_input
-from service.training import checkpoint as checkpoints
+from service.models.registry import to_model_input
+from service.training import loop
 from service.training.metrics import IGNORE_INDEX
 from service.training.pq import (
     PQReport,
@@ -217,57 +217,22 @@ def predict_annotations(
 def train(
     spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: TrainConfig, stop_at: int | None = None
 ) -> PQReport:
-    """Train from scratch or resume ``checkpoint_dir/last.pt``; writes the weights and training.json.
-    ``stop_at`` ends early at that step, keeping the learning-rate schedule of ``config.steps``."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    model = build_model(spec)
-    if config.init_weights:
-        load_initial_weights(model, Path(config.init_weights))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.15
-    )
-    checkpoint = checkpoint_dir / "last.pt"
-    start, history = checkpoints.resume(checkpoint, config, model, optimizer, schedule)
+    """Train from scratch or resume ``checkpoint_dir/last.pt``; writes the weights and training.json
+    (``service.training.loop``)."""
     validation = list(VALIDATION_SEEDS)[: config.val_images]
-    last = min(config.steps, stop_at or config.steps)
-    bar = tqdm(range(start, last), initial=start, total=last, desc=f"train {spec.name}")
-    started = time.monotonic()
-    for step in bar:
-        model.train()
+
+    def losses(model: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
         batch = training_batch(step, config, spec)
         outputs = model(to_model_input(batch["images"], spec.input.mean, spec.input.std))
-        losses = panoptic_losses(outputs, batch, config, spec.num_classes)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
-        done = step + 1
-        if done % config.val_every == 0 or done == last:
-            report = evaluate_pq(model, spec, validation)
-            row = {"step": done, **{k: round(v.item(), 4) for k, v in losses.items()}, **report.as_dict()}
-            history.append(row)
-            tqdm.write(
-                f"step {done}: loss {losses['loss'].item():.4f} val PQ {report.pq:.4f} "
-                f"things {report.things.pq:.4f} stuff {report.stuff.pq:.4f}"
-            )
-        if done % config.checkpoint_every == 0 or done == last:
-            checkpoints.save(checkpoint, done, config, model, optimizer, schedule, history)
-    model.eval()
-    save_weights(
-        model,
-        weights_out,
-        metadata={"model": spec.name, "steps": str(last), "schedule_steps": str(config.steps)},
+        return panoptic_losses(outputs, batch, config, spec.num_classes)
+
+    task = loop.Task(
+        losses=losses,
+        validate=lambda model: evaluate_pq(model, spec, validation),
+        summary=lambda r: f"val PQ {r.pq:.4f} things {r.things.pq:.4f} stuff {r.stuff.pq:.4f}",
+        load_initial=load_initial_weights,
     )
-    (weights_out.parent / "training.json").write_text(
-        json.dumps(
-            {"config": asdict(config), "history": history, "seconds": time.monotonic() - started}, indent=1
-        )
-    )
-    return evaluate_pq(model, spec, validation)
+    return loop.train(spec, task, config, weights_out, checkpoint_dir, stop_at)
 
 
 def load_initial_weights(model: torch.nn.Module, weights: Path) -> list[str]:
@@ -282,21 +247,7 @@ def load_initial_weights(model: torch.nn.Module, weights: Path) -> list[str]:
     return sorted(set(own) - set(found))
 
 
-# --- ``segserve train`` / ``segserve evaluate`` for panoptic models (service/cli.py) ---------------
-
-
-def train_command(args: argparse.Namespace, repo: Repository, spec: ModelSpec) -> int:
-    config = TrainConfig(
-        steps=args.steps or TrainConfig.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        threads=args.threads,
-        init_weights=args.init_weights,
-    )
-    weights = repo.weights_path(spec)
-    report = train(spec, weights, Path(args.checkpoints) / spec.name, config, stop_at=args.stop_at)
-    print(json.dumps({"model": spec.name, "weights": str(weights), "validation": report.as_dict()}, indent=1))
-    return 0
+# --- ``segserve evaluate`` for panoptic models (service/cli.py) -------------------------------------
 
 
 def evaluate_command(args: argparse.Namespace, repo: Repository, spec: ModelSpec) -> int:

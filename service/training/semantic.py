@@ -7,9 +7,9 @@ and a restarted run resumes from it.
 
 from __future__ import annotations
 
+import argparse
 import json
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from service.config import ModelSpec
-from service.imaging.geometry import fit_to_policy, pad_value, restore_labels
-from service.models.registry import build_model, load_weights, normalize, save_weights, select_output
-from service.training import checkpoint as checkpoints
+from service.config import ModelSpec, Repository
+from service.imaging.geometry import fit_to_policy, pad_value
+from service.imaging.restore import restore_labels
+from service.models.registry import load_weights, normalize, select_output
+from service.training import loop
 from service.training.metrics import IGNORE_INDEX, DatasetIoU, IoUReport
 from service.training.shapes import DEFAULT_SIZES, ShapesConfig, make_batch, make_sample
 
@@ -114,54 +115,31 @@ def held_out_seeds(count: int) -> range:
 def train(
     spec: ModelSpec, weights_out: Path, checkpoint_dir: Path, config: TrainConfig, stop_at: int | None = None
 ) -> IoUReport:
-    """Train (resuming from ``checkpoint_dir``) and write the weights.
-
-    ``stop_at`` ends the run early at that step, keeping the learning-rate schedule of
-    ``config.steps``: how a run cut short for time is reproduced exactly.
-    """
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    model = build_model(spec)
-    if config.init_weights:
-        load_weights(model, Path(config.init_weights))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.15
-    )
-    checkpoint = checkpoint_dir / "last.pt"
-    start, history = checkpoints.resume(checkpoint, config, model, optimizer, schedule)
+    """Train (resuming from ``checkpoint_dir``) and write the weights (``service.training.loop``)."""
     shapes = ShapesConfig()
-    last = min(config.steps, stop_at or config.steps)
-    bar = tqdm(range(start, last), initial=start, total=last, desc=f"train {spec.name}")
-    started = time.monotonic()
-    for step in bar:
-        model.train()
+
+    def losses(model: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
         images, labels = training_batch(step, config, spec, shapes)
         logits = select_output(model(normalize(images, spec.input)), spec.output)
         ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-        loss = ce + config.dice_weight * dice_loss(logits, labels, spec.num_classes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{ce.item():.3f}")
-        done = step + 1
-        if done % config.val_every == 0 or done == last:
-            report = evaluate(model, spec, VALIDATION_SEEDS)
-            history.append({"step": done, "loss": round(loss.item(), 4), **report.as_dict()})
-            tqdm.write(f"step {done}: loss {loss.item():.4f} val mIoU {report.miou:.4f} {report.per_class}")
-        if done % config.checkpoint_every == 0 or done == last:
-            checkpoints.save(checkpoint, done, config, model, optimizer, schedule, history)
-    model.eval()
-    save_weights(
-        model,
-        weights_out,
-        metadata={"model": spec.name, "steps": str(last), "schedule_steps": str(config.steps)},
+        return {"loss": ce + config.dice_weight * dice_loss(logits, labels, spec.num_classes), "ce": ce}
+
+    task = loop.Task(
+        losses=losses,
+        validate=lambda model: evaluate(model, spec, VALIDATION_SEEDS),
+        summary=lambda report: f"val mIoU {report.miou:.4f} {report.per_class}",
+        load_initial=load_weights,
     )
-    (weights_out.parent / "training.json").write_text(
-        json.dumps(
-            {"config": asdict(config), "history": history, "seconds": time.monotonic() - started}, indent=1
-        )
-    )
-    return evaluate(model, spec, VALIDATION_SEEDS)
+    return loop.train(spec, task, config, weights_out, checkpoint_dir, stop_at)
+
+
+def evaluate_command(args: argparse.Namespace, repo: Repository, spec: ModelSpec) -> int:
+    """``segserve evaluate`` for a semantic model: mIoU on the held-out seeds."""
+    from service.models.registry import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(spec, repo.weights_path(spec))
+    report = evaluate(model, spec, held_out_seeds(args.images), progress=True)
+    print(json.dumps({"model": spec.name, "held_out": report.as_dict()}, indent=1))
+    return 0

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from service.config import InputPolicy
-from service.imaging.geometry import fit_to_policy, pad_value, plan_geometry, restore_labels
+from service.imaging.geometry import fit_to_policy, pad_value, plan_geometry
+from service.imaging.restore import restore_labels
 
 
 @pytest.mark.parametrize(
@@ -73,3 +74,14 @@ def test_shortest_edge_sizes_are_torchvisions_detection_transform_sizes(size):
 def test_shortest_edge_without_a_cap_scales_the_shorter_side():
     g = plan_geometry(100, 500, InputPolicy(mode="shortest_edge", size=64, size_divisor=1))
     assert g.scaled == (64, 320)
+
+
+def test_the_codec_side_imports_no_torch():
+    """Decoding, fitting and encoding (the split topology's ImageCodec) need no torch: a fresh process
+    that imports them has not loaded it."""
+    import subprocess
+    import sys
+
+    code = "import sys, service.types, service.codec, service.pipeline; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -4,7 +4,8 @@ ONNX Runtime as its own entry, gives the same label maps."""
 import pytest
 import torch
 
-from service.imaging.geometry import fit_to_policy, restore_labels
+from service.imaging.geometry import fit_to_policy
+from service.imaging.restore import restore_labels
 from service.models.registry import load_model, normalize, select_output
 from service.training.semantic import HELD_OUT_SIZES, evaluate, held_out_seeds
 from service.training.shapes import make_sample

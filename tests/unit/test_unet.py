@@ -2,8 +2,25 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from service.models.unet import build_unet, crop_to, pad_to_multiple
+from service.models.unet import build_unet
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, value: float = 0.0
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the bottom and right of [..., H, W] up to multiples; returns the tensor and (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), value=value)
+    return x, (h, w)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Undo ``pad_to_multiple``."""
+    return x[..., : size[0], : size[1]]
 
 
 @pytest.mark.parametrize("bilinear", [True, False])
