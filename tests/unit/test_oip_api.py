@@ -73,6 +73,13 @@ def v1_labels(client, model: str, body: bytes) -> np.ndarray:
     return np.frombuffer(base64.b64decode(answer["mask"]["data"]), answer["mask"]["dtype"]).reshape(shape)
 
 
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of equal pixels. A batched forward may round differently from a batch of one in the last
+    float bits, so an argmax tie can flip on a boundary pixel: batched answers agree to >= 0.999."""
+    assert a.shape == b.shape
+    return float((a == b).mean())
+
+
 def binary_request(inputs: list[tuple[dict, bytes]], **header) -> tuple[bytes, dict]:
     """An infer body with the binary tensor data extension, and its headers."""
     described = [
@@ -195,7 +202,7 @@ def test_a_batch_of_pixels_with_binary_data_equals_v1_image_by_image(client):
     assert "binary_data_size" not in response.text  # no binary output asked for: JSON
     served = np.array(response.json()["outputs"][0]["data"], np.uint8).reshape(3, 96, 128)
     for k, picture in enumerate(images):
-        assert np.array_equal(served[k], v1_labels(client, "unet-shapes", png_bytes(picture)))
+        assert agreement(served[k], v1_labels(client, "unet-shapes", png_bytes(picture))) >= 0.999
 
 
 def normalized_input(spec, picture: np.ndarray) -> np.ndarray:
@@ -557,7 +564,7 @@ def test_grpc_infer_raw_and_typed_give_the_same_maps(grpc_core, client):
         np.array(typed.outputs[0].contents.uint_contents, np.uint8).reshape(2, 96, 128), maps
     )
     for k in range(2):
-        assert np.array_equal(maps[k], v1_labels(client, "unet-shapes", png_bytes(pictures[k])))
+        assert agreement(maps[k], v1_labels(client, "unet-shapes", png_bytes(pictures[k]))) >= 0.999
 
 
 @pytest.mark.parametrize(
