@@ -133,14 +133,16 @@ def test_model_metadata_states_the_inputs_outputs_and_classes(client):
 
 
 def test_model_config_is_tritons_shape(client):
+    """max_batch_size 0: dims are the whole shapes (N first), as in the metadata; the image limit per
+    request is the max_batch_size parameter."""
     config = client.get("/v2/models/unet-shapes/config").json()
-    assert config["max_batch_size"] == 8 and config["dynamic_batching"] == {"max_queue_delay_microseconds": 0}
+    assert config["max_batch_size"] == 0 and config["parameters"]["max_batch_size"] == {"string_value": "8"}
     assert [(i["name"], i["data_type"], i["dims"], i["optional"]) for i in config["input"]] == [
-        ("image", "TYPE_STRING", [], True),
-        ("pixels", "TYPE_UINT8", [-1, -1, 3], True),
-        ("normalized", "TYPE_FP32", [3, -1, -1], True),
+        ("image", "TYPE_STRING", [-1], True),
+        ("pixels", "TYPE_UINT8", [-1, -1, -1, 3], True),
+        ("normalized", "TYPE_FP32", [-1, 3, -1, -1], True),
     ]
-    assert config["output"] == [{"name": "labels", "data_type": "TYPE_UINT8", "dims": [-1, -1]}]
+    assert config["output"] == [{"name": "labels", "data_type": "TYPE_UINT8", "dims": [-1, -1, -1]}]
 
 
 @pytest.mark.parametrize(
@@ -526,7 +528,8 @@ def test_grpc_metadata_health_and_config(grpc_core):
     assert json.loads(meta.parameters["classes"].string_param)[1]["name"] == "circle"
     assert meta.parameters["max_batch_size"].int64_param == 8
     config, _ = call(grpc_core, "ModelConfig", pb.ModelConfigRequest(name="unet-shapes"))
-    assert config.config.max_batch_size == 8 and config.config.input[0].optional
+    assert config.config.max_batch_size == 0 and config.config.input[0].optional
+    assert list(config.config.input[1].dims) == [-1, -1, -1, 3]
     assert config.config.parameters["task"].string_value == "semantic"
     assert call(grpc_core, "ServerLive", pb.ServerLiveRequest())[0].live
     assert call(grpc_core, "ServerReady", pb.ServerReadyRequest())[0].ready

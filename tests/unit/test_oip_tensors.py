@@ -134,6 +134,10 @@ def request_with(name: str, datatype: str, values) -> InferRequest:
 def test_each_input_kind_becomes_n_images(repository):
     spec = repository.get("unet-shapes")
     assert images_of(spec, request_with("image", "BYTES", [b"a", b"b"])) == [b"a", b"b"]
+    column = InferRequest(inputs=[InputTensor("image", "BYTES", (2, 1), [b"a", b"b"])])  # Triton's [N, 1]
+    assert images_of(spec, column) == [b"a", b"b"]
+    with pytest.raises(InvalidArgument, match=r"'image' must have shape \[-1\]"):
+        images_of(spec, InferRequest(inputs=[InputTensor("image", "BYTES", (1, 2), [b"a", b"b"])]))
     pixels = np.arange(2 * 4 * 6 * 3, dtype=np.uint8).reshape(2, 4, 6, 3)
     images = images_of(spec, request_with("pixels", "UINT8", pixels))
     assert [type(i) for i in images] == [ImageTensor, ImageTensor]

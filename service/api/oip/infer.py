@@ -105,6 +105,8 @@ def images_of(spec: ModelSpec, request: InferRequest) -> list[ImageInput]:
 
 def _check_shape(tensor: InputTensor, expected: TensorSpec, spec: ModelSpec) -> None:
     shape = tensor.shape
+    if tensor.name == "image" and len(shape) == 2 and shape[1] == 1:
+        shape = shape[:1]  # [N, 1]: Triton's convention for one element per batch item (perf_analyzer's)
     rank = len(shape) == len(expected.shape)
     if not rank or 0 in shape or any(e not in (-1, s) for e, s in zip(expected.shape, shape, strict=True)):
         raise InvalidArgument(

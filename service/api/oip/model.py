@@ -2,7 +2,8 @@
 
 Every served model has the same three inputs, of which a request sends exactly one:
 
-* ``image``      BYTES ``[N]``: encoded images (JPEG, PNG, ...), decoded by the codec with its limits;
+* ``image``      BYTES ``[N]`` (or ``[N, 1]``, Triton's one-element-per-item form): encoded images
+  (JPEG, PNG, ...), decoded by the codec with its limits;
 * ``pixels``     UINT8 ``[N, H, W, 3]``: RGB pixels, fitted to the model's input policy like a decoded
   image (the label map has the image's size, as over ``/v1``);
 * ``normalized`` FP32 ``[N, 3, H, W]``: the network's input as it is (the model's mean and std applied,
@@ -108,30 +109,32 @@ def model_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
 
 def model_config(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
     """Triton's model configuration (its JSON form) for the fields perf_analyzer and tritonclient read.
-    Every input is optional (a request sends one of them); dims leave out the batch dimension."""
+
+    ``max_batch_size`` 0: in Triton's terms the dims are the whole shapes, as the metadata states them,
+    with the image count N first (Triton's ``max_batch_size > 0`` would hide a batch dimension, and the
+    ``image`` input ``[N]`` would have none left). A request holds at most the ``max_batch_size``
+    parameter's images; each is an item of the model's batcher. Every input is optional: a request
+    sends one of them."""
     inputs = [
         {
             "name": t.name,
             "data_type": _config_type(t.datatype),
             "format": INPUT_FORMATS.get(t.name, "FORMAT_NONE"),
-            "dims": list(t.shape[1:]),
+            "dims": list(t.shape),
             "optional": True,
         }
         for t in INPUTS
     ]
     config_outputs = [
-        {"name": t.name, "data_type": _config_type(t.datatype), "dims": list(t.shape[1:])}
-        for t in outputs(spec)
+        {"name": t.name, "data_type": _config_type(t.datatype), "dims": list(t.shape)} for t in outputs(spec)
     ]
-    wait_us = round(spec.batching.batch_wait_timeout_s * 1e6)
     return {
         "name": spec.name,
         "platform": PLATFORM,
         "backend": SERVER_NAME,
-        "max_batch_size": spec.batching.max_batch_size,
+        "max_batch_size": 0,
         "input": inputs,
         "output": config_outputs,
-        "dynamic_batching": {"max_queue_delay_microseconds": wait_us},
         "parameters": {k: {"string_value": str(v)} for k, v in parameters(info).items()},
     }
 
