@@ -512,6 +512,17 @@ def call(core, name: str, request, metadata=None):
     return LOOP.run_until_complete(unary(core, name, request, metadata))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def close_loop():
+    """After the module: stop the batchers' tasks left on LOOP, then close it."""
+    yield
+    pending = asyncio.all_tasks(LOOP)
+    for task in pending:
+        task.cancel()
+    LOOP.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    LOOP.close()
+
+
 @pytest.fixture(scope="module")
 def grpc_core(repository):
     return make_core(repository)  # batchers of its own, on LOOP (the HTTP client's run on its portal's loop)
