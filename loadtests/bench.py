@@ -71,7 +71,9 @@ def run_phases(args, plan: Plan, tmp: Path) -> dict[str, Any]:
     if args.url:
         repository, null_name = args.repository, None
     else:
-        repository, null_name = write_repository(args.repository, plan.models, plan.with_null, tmp)
+        repository, null_name = write_repository(
+            args.repository, plan.models, plan.with_null, tmp, args.gpus_per_replica
+        )
     models = plan.models + ([null_name] if null_name else [])
     images = make_images((args.image_size, args.image_size), seed=args.seed, synthetic=args.images)
     log(f"models {models}; {len(images)} images of {args.image_size}x{args.image_size}")

@@ -66,6 +66,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-settle-s", type=float, default=None, help="wait before the last scrape (15)")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--num-cpus", type=float, default=None, help="Ray's logical CPUs (default: enough)")
+    p.add_argument("--topology", choices=("auto", "fused", "split"), default=None, help="app arg topology")
+    p.add_argument(
+        "--gpus-per-replica", type=float, default=None, help="num_gpus of each model's replicas (GPU runs)"
+    )
     p.add_argument("--url", default=None, help="measure a running service at this HTTP URL instead")
     p.add_argument("--grpc-target", default=None, help="... and this gRPC target")
     p.add_argument("--metrics-url", default=None, help="... and this metrics endpoint")

@@ -51,12 +51,22 @@ def wait_ready(url: str, timeout_s: float = 180, path: str = "/readyz") -> None:
 class LocalService:
     """Ray + Serve on free ports with the temporary repository; ``stop()`` shuts both down."""
 
-    def __init__(self, repository_path: Path, models: list[str], num_cpus: float | None) -> None:
+    def __init__(
+        self,
+        repository_path: Path,
+        models: list[str],
+        num_cpus: float | None,
+        app_args: dict[str, Any] | None = None,
+        logging_config: dict[str, Any] | None = None,
+    ) -> None:
+        """``app_args`` override the shipped config's application args (e.g. ``topology``),
+        ``logging_config`` its Serve logging settings (e.g. ``enable_access_log``)."""
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         from service.local import deploy, load_serve_config, start_local
 
         config = load_serve_config()
-        app_args = config["applications"][0].get("args", {})
+        config["logging_config"] = {**config.get("logging_config", {}), **(logging_config or {})}
+        app_args = {**config["applications"][0].get("args", {}), **(app_args or {})}
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
@@ -72,7 +82,7 @@ class LocalService:
             config=config,
         )
         try:
-            deploy(config, args_override={"repository": str(repository_path), "models": models})
+            deploy(config, args_override={**app_args, "repository": str(repository_path), "models": models})
             wait_ready(self.url)
         except BaseException:
             self.stop()

@@ -49,10 +49,11 @@ def _link_weights(source: Path, entry: dict[str, Any], folder: Path) -> None:
 
 
 def write_repository(
-    source: Path, models: list[str], with_null: bool, folder: Path
+    source: Path, models: list[str], with_null: bool, folder: Path, gpus_per_replica: float | None = None
 ) -> tuple[Path, str | None]:
     """``folder/repository.yaml`` with ``models`` from ``source`` (weights hard-linked or copied under
-    ``folder``, since weights may not leave the repository root) plus a null model."""
+    ``folder``, since weights may not leave the repository root) plus a null model; with
+    ``gpus_per_replica``, every model's replicas ask for that many GPUs (a GPU run)."""
     raw_yaml = yaml.safe_load(source.read_text())
     entries = {e["name"]: e for e in raw_yaml["models"]}
     folder.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,9 @@ def write_repository(
         )
         null_name = NULL_MODEL if NULL_MODEL not in entries else f"{NULL_MODEL}-bench"
         chosen.append(null_entry(reference, null_name))
+    if gpus_per_replica is not None:
+        for entry in chosen:
+            entry["deployment"] = {**entry.get("deployment", {}), "num_gpus": gpus_per_replica}
     path = folder / "repository.yaml"
     path.write_text(yaml.safe_dump({"models": chosen}, sort_keys=False))
     return path, null_name

@@ -26,7 +26,8 @@ def run_ours(args, repository: Path, models: list[str], images, references: dict
     if args.url:  # a service deployed elsewhere may serve other weights: its label maps are not checked
         ours = Endpoints(args.url, args.grpc_target, args.metrics_url)
         return run_served(args, ours, models, images, {}, proc_cpu.Roles())
-    service = LocalService(repository, models, args.num_cpus)
+    app_args = {"topology": args.topology} if args.topology else {}
+    service = LocalService(repository, models, args.num_cpus, app_args)
     try:
         # Only the processes this benchmark started count as ours (the machine may run other clusters).
         roles = proc_cpu.Roles(outside_by_name=False)

@@ -39,11 +39,15 @@ def _train(args: argparse.Namespace) -> int:
         return panoptic.train_command(args, repo, spec)
     from service.training.semantic import TrainConfig, train
 
-    if args.init_weights:
-        print("--init-weights is for panoptic models (a semantic model trains from scratch)", file=sys.stderr)
+    if spec.format != "pytorch":
+        print(f"{spec.name} is an exported artefact ({spec.format}): train its source model", file=sys.stderr)
         return 2
     config = TrainConfig(
-        steps=args.steps or TrainConfig.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads
+        steps=args.steps or TrainConfig.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+        init_weights=args.init_weights,
     )
     weights = repo.weights_path(spec)
     report = train(spec, weights, Path(args.checkpoints) / spec.name, config, stop_at=args.stop_at)
@@ -80,9 +84,25 @@ def _trained_elsewhere(name: str) -> int:
     return 2
 
 
+def _models_check(args: argparse.Namespace) -> int:
+    """Load and try each entry as a replica would; non-zero naming the file, model and key on a problem."""
+    from service.models.check import ModelCheckError, check_repository
+
+    try:
+        reports = check_repository(args.repository, [args.name] if args.name else None, args.device)
+    except ModelCheckError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for report in reports:
+        print(json.dumps(report.as_dict()) if args.json else report.line())
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from service.local import serve_forever
 
+    if _models_check(argparse.Namespace(repository=DEFAULT_REPOSITORY, name=None, device=None, json=False)):
+        return 1  # a bad entry stops here, before Ray starts, with the file, model and key named
     serve_forever(args.host, args.port, args.grpc_port, args.metrics_port)
     return 0
 
@@ -98,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument(
-        "--init-weights", default=None, help="panoptic: start from these weights (e.g. a U-Net trunk)"
+        "--init-weights",
+        default=None,
+        help="start from these weights: a second stage of the same model, or (panoptic) a U-Net trunk",
     )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--checkpoints", default="checkpoints", help="resumable checkpoints go here")
@@ -112,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=None, help="panoptic: keep the COCO panoptic files here")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "models", help="the model repository (segserve-client models lists a running service's)"
+    )
+    check = p.add_subparsers(dest="models_command", required=True).add_parser(
+        "check", help="load each repository entry as a replica would and run one forward (no service needed)"
+    )
+    check.add_argument("name", nargs="?", help="only this model (default: every entry)")
+    check.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    check.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: each entry's own")
+    check.add_argument("--json", action="store_true", help="one JSON object per model")
+    check.set_defaults(func=_models_check)
 
     p = sub.add_parser("serve", help="run the service on a local Ray with the shipped models (CPU)")
     p.add_argument("--host", default="127.0.0.1")

@@ -45,7 +45,13 @@ class InputPolicy(Strict):
     (torchvision's detection transform, ``min_size`` / ``max_size``), then pad."""
     size: int = Field(128, ge=16, le=8192)
     size_divisor: int = Field(16, ge=1)
+    """The padded input is a multiple of this (smp encoders of depth 5 need 32)."""
+    channels: Literal["RGB", "BGR"] = "RGB"
+    """Channel order the network expects (images are decoded to RGB; BGR reverses them)."""
+    pixel_range: Literal["0-1", "0-255"] = "0-1"
+    """Scale of the pixel values before ``mean``/``std``: 0-1 (torchvision) or 0-255 (Caffe-style)."""
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    """In the network's channel order and pixel range; ``(x - mean) / std`` is what the network sees."""
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     max_size: int | None = Field(None, ge=16, le=16384)
     """shortest_edge only: the cap on the longer side (None: no cap)."""
@@ -55,6 +61,13 @@ class InputPolicy(Strict):
         if self.max_size is not None and self.mode != "shortest_edge":
             raise ValueError(f"max_size is for mode shortest_edge (mode is {self.mode})")
         return self
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(s > 0 for s in std):
+            raise ValueError(f"std must be positive, got {std}")
+        return std
 
 
 class BatchingSpec(Strict):
@@ -130,20 +143,66 @@ class InstanceSpec(Strict):
     """A pixel belongs to an instance where its mask probability is above this."""
 
 
+class OutputSpec(Strict):
+    """What the network returns, as the entry declares it (the runner never guesses)."""
+
+    key: str | None = None
+    """The output holding the class scores when the network returns a dict (torchvision: ``out``; its
+    ``aux`` head is ignored) or an ONNX model has several outputs; None: the network returns one tensor."""
+    kind: Literal["logits", "probabilities"] = "logits"
+    """Scores ``[N, C, H, W]`` at the input's size, C = the number of classes: logits (any real numbers)
+    or probabilities (softmax already applied). Both give labels by argmax after resizing."""
+
+
+# Architectures: registry names. Ours are bare; other families carry their library's prefix.
+OWN_ARCHITECTURES = ("unet", "panoptic_unet", "null")
+TORCHVISION_SEGMENTATION = (
+    "torchvision.fcn_resnet50",
+    "torchvision.fcn_resnet101",
+    "torchvision.deeplabv3_resnet50",
+    "torchvision.deeplabv3_resnet101",
+    "torchvision.deeplabv3_mobilenet_v3_large",
+    "torchvision.lraspp_mobilenet_v3_large",
+)
+SMP_ARCHITECTURES = tuple(
+    f"smp.{name}"
+    for name in (
+        "Unet",
+        "UnetPlusPlus",
+        "FPN",
+        "PSPNet",
+        "DeepLabV3",
+        "DeepLabV3Plus",
+        "Linknet",
+        "MAnet",
+        "PAN",
+        "UPerNet",
+        "Segformer",
+    )
+)
+INSTANCE_ARCHITECTURES = ("torchvision.maskrcnn_resnet50_fpn", "torchvision.maskrcnn_resnet50_fpn_v2")
+# A Literal from the tuples: pydantic then names the allowed values when an entry has a typo.
+Architecture = Literal[  # type: ignore[valid-type]
+    OWN_ARCHITECTURES + TORCHVISION_SEGMENTATION + SMP_ARCHITECTURES + INSTANCE_ARCHITECTURES
+]
+# The weights file of each format: its suffix is checked against the format, never used to pick one.
+WEIGHTS_SUFFIX = {"pytorch": ".safetensors", "torch_export": ".pt2", "onnx": ".onnx"}
+
+
 class ModelSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     task: Literal["semantic", "panoptic", "instance"]
-    architecture: Literal[
-        "unet",
-        "panoptic_unet",
-        "null",
-        "torchvision.maskrcnn_resnet50_fpn",
-        "torchvision.maskrcnn_resnet50_fpn_v2",
-    ]
+    format: Literal["pytorch", "torch_export", "onnx"] = "pytorch"
+    """pytorch: ``architecture`` built here, its state dict from a safetensors file; torch_export: a
+    ``torch.export`` program (.pt2); onnx: an ONNX model run by ONNX Runtime. Exported artefacts carry
+    their own graph: they have no architecture."""
+    architecture: Architecture | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the architecture's builder (checked when the model is built)."""
     weights: str | None = None
-    """safetensors file, relative to the model repository root; None only for the null model."""
+    """The format's file (see WEIGHTS_SUFFIX), relative to the model repository root; None only for the
+    null model."""
+    output: OutputSpec = OutputSpec()
     version: str = "1"
     description: str = ""
     classes: list[ClassSpec]
@@ -158,12 +217,11 @@ class ModelSpec(Strict):
         ids = [c.id for c in self.classes]
         if sorted(ids) != list(range(len(ids))):
             raise ValueError(f"class ids must be 0..{len(ids) - 1} without gaps, got {ids}")
-        if self.weights is not None and not self.weights.endswith(".safetensors"):
-            raise ValueError(f"weights must be a .safetensors file, got {self.weights!r}")
-        if self.weights is None and self.architecture != "null":
-            raise ValueError("weights is required")
+        _check_format(self)
         if self.task == "panoptic" and self.panoptic is None:
             raise ValueError("a panoptic model needs a 'panoptic' section")
+        if self.task == "panoptic" and (self.format != "pytorch" or self.output != OutputSpec()):
+            raise ValueError("a panoptic model is a pytorch panoptic_unet (its outputs are a fixed dict)")
         _check_instance_task(self)
         return self
 
@@ -174,9 +232,6 @@ class ModelSpec(Strict):
     @property
     def thing_ids(self) -> tuple[int, ...]:
         return tuple(c.id for c in self.classes if c.isthing)
-
-
-INSTANCE_ARCHITECTURES = ("torchvision.maskrcnn_resnet50_fpn", "torchvision.maskrcnn_resnet50_fpn_v2")
 
 
 def _check_instance_task(spec: ModelSpec) -> None:
@@ -190,6 +245,27 @@ def _check_instance_task(spec: ModelSpec) -> None:
         raise ValueError("an instance model needs an 'instance' section, and only instance models have one")
     if spec.task == "instance" and len(spec.classes) < 2:
         raise ValueError("an instance model needs class 0 (background) and at least one object class")
+
+
+def _check_format(spec: ModelSpec) -> None:
+    """The architecture, weights and output declarations that each format needs, and only those."""
+    suffix = WEIGHTS_SUFFIX[spec.format]
+    if spec.weights is not None and not spec.weights.endswith(suffix):
+        raise ValueError(f"format {spec.format} needs a {suffix} weights file, got {spec.weights!r}")
+    if spec.format != "pytorch":
+        if spec.architecture is not None or spec.arguments:
+            raise ValueError(f"format {spec.format} carries its own graph: give no architecture or arguments")
+        if spec.weights is None:
+            raise ValueError("weights is required")
+        return
+    if spec.architecture is None:
+        raise ValueError("format pytorch needs an architecture")
+    if spec.weights is None and spec.architecture != "null":
+        raise ValueError("weights is required")
+    if spec.architecture in TORCHVISION_SEGMENTATION and spec.output.key is None:
+        raise ValueError(
+            f"{spec.architecture} returns a dict ('out', and 'aux' when built with aux_loss): set output.key"
+        )
 
 
 class Repository(Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import tempfile
@@ -30,7 +31,16 @@ RAY_SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
     "RAY_SERVE_HAPROXY_RETRIES": "3",
     "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(1024 * 1024),
+    # Replica log lines go to their files only, not also to stderr (where each line was flushed and
+    # then copied again by Ray's log monitor).
+    "RAY_SERVE_LOG_TO_STDERR": "0",
 }
+
+
+# Replica ports of a local session: one of 50 windows of 100 in 20000-24999 (HTTP) and 25000-29999
+# (gRPC), between Ray's worker ports (10002-19999) and the kernel's ephemeral ones (32768 up).
+DIRECT_INGRESS_WINDOW = 100
+DIRECT_INGRESS_WINDOWS = 50
 
 
 def free_port() -> int:
@@ -40,12 +50,19 @@ def free_port() -> int:
 
 
 def local_ray_env() -> dict[str, str]:
-    """``RAY_SERVE_ENV`` plus what keeps two local Ray sessions apart: HAProxy's files and ports live in
-    a fresh folder and on free ports (its defaults are fixed paths under /tmp and fixed ports). The
-    folder's name is short: Ray adds a 56-character node folder, and HAProxy's socket paths may have at
-    most 97 characters."""
+    """``RAY_SERVE_ENV`` plus what keeps two Ray sessions on one machine apart (tests start a second one
+    beside the session's; developers run several). HAProxy's files and ports live in a fresh folder and
+    on free ports (its defaults are fixed paths under /tmp and fixed ports; the folder's name is short:
+    Ray adds a 56-character node folder, and HAProxy's socket paths may have at most 97 characters).
+    The replicas' own ports come from a window of their own: gRPC servers bind with SO_REUSEPORT, so two
+    sessions handed the same port by their controllers would both bind it and share its connections."""
     folder = tempfile.mkdtemp(prefix="hap", dir="/tmp")
+    window = random.randrange(DIRECT_INGRESS_WINDOWS) * DIRECT_INGRESS_WINDOW
     return {
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(20000 + window),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(20000 + window + DIRECT_INGRESS_WINDOW - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(25000 + window),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(25000 + window + DIRECT_INGRESS_WINDOW - 1),
         **RAY_SERVE_ENV,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",

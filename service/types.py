@@ -44,8 +44,9 @@ class ImageTensor:
     """An image that arrives as pixels, not as an encoded file (the Open Inference Protocol's tensors).
 
     ``pixels`` is either uint8 ``[H, W, 3]`` RGB, which the codec fits to the model's input policy as it
-    does a decoded image, or float32 ``[H, W, 3]`` already normalized with the model's mean and std: the
-    network's input as it is (no resize, no pad; H and W multiples of the policy's ``size_divisor``).
+    does a decoded image, or float32 ``[H, W, 3]`` already normalized (the model's channel order, pixel
+    range, mean and std applied): the network's input as it is (no resize, no pad; H and W multiples
+    of the policy's ``size_divisor``).
     """
 
     pixels: np.ndarray

@@ -61,7 +61,7 @@ def model_info(spec: ModelSpec, digest: str | None) -> dict[str, Any]:
         "version": spec.version,
         "weights_digest": digest or "",
         "description": spec.description.strip(),
-        "architecture": spec.architecture,
+        "architecture": spec.architecture or spec.format,  # exported artefacts carry their own graph
         "classes": [
             {"id": c.id, "name": c.name, "color": list(c.color), "isthing": c.isthing} for c in spec.classes
         ],

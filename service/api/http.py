@@ -14,6 +14,7 @@ from service import metrics
 from service.api import context as request_context
 from service.api.core import parse_timeout_ms
 from service.api.errors import http_headers, to_service_error
+from service.api.ui import router as page_router
 from service.errors import InvalidArgument, InvalidImage, PayloadTooLarge, ServiceError
 from service.types import SegmentOptions, SegmentResult
 
@@ -197,6 +198,8 @@ def build_http_app() -> FastAPI:
     async def segment(model: str, request: Request):
         return await segment_endpoint(core_of(request), model, request)
 
+    # The try-it page (GET /, /ui/): static files, open without a key (why: service/api/ui/__init__.py).
+    app.include_router(page_router)
     return app
 
 

@@ -52,8 +52,13 @@ def _shortest_edge(height: int, width: int, size: int, max_size: int | None) -> 
 
 
 def pad_value(policy: InputPolicy) -> tuple[int, int, int]:
-    """The colour that normalizes to zero: padding then carries no signal into the network."""
-    return tuple(round(m * 255) for m in policy.mean)  # type: ignore[return-value]
+    """The RGB colour that normalizes to zero: padding then carries no signal into the network.
+
+    ``mean`` is in the network's channel order and pixel range (``InputPolicy.channels``, ``pixel_range``).
+    """
+    scale = 255 if policy.pixel_range == "0-1" else 1
+    rgb = policy.mean[::-1] if policy.channels == "BGR" else policy.mean
+    return tuple(min(255, max(0, round(m * scale))) for m in rgb)  # type: ignore[return-value]
 
 
 def fit_to_policy(image: np.ndarray, policy: InputPolicy) -> tuple[np.ndarray, Geometry]:

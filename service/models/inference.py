@@ -21,7 +21,7 @@ from torch import nn
 
 from service.config import ModelSpec
 from service.imaging.geometry import restore_labels
-from service.models.registry import to_model_input
+from service.models.registry import normalize, select_output
 from service.types import PreparedImage, Segmentation
 
 
@@ -84,7 +84,7 @@ class Runner:
         if self.device.type == "cuda":
             # Pinned host memory lets the copy overlap with work already queued on the GPU.
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        x = to_model_input(batch, self.spec.input.mean, self.spec.input.std)
+        x = normalize(batch, self.spec.input)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -107,7 +107,11 @@ class Runner:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict:
         with torch.inference_mode(), self._autocast():
-            return self.model(x)
+            return self.outputs(self.model(x))
+
+    def outputs(self, raw: object) -> torch.Tensor | dict:
+        """What ``postprocess`` takes from the network's return: the class scores the entry names."""
+        return select_output(raw, self.spec.output)
 
     def run(self, items: list[PreparedImage], queued_at: list[float]) -> list[Segmentation]:
         """Segment a batch; results come back in the order of ``items``."""

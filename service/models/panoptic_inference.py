@@ -78,6 +78,10 @@ class PanopticRunner(Runner):
         panoptic_params(spec)  # a semantic spec is refused before the model moves to its device
         super().__init__(spec, model, device)
 
+    def outputs(self, raw: object) -> dict[str, torch.Tensor]:
+        """The panoptic network's dict (semantic, center, offset) as it is."""
+        return raw  # type: ignore[return-value]
+
     def postprocess(self, outputs: dict[str, torch.Tensor], items: list[PreparedImage]) -> GroupOutput:
         labels, extras = [], []
         for i, item in enumerate(items):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from service.config import ModelSpec
 from service.imaging.geometry import fit_to_policy, pad_value, restore_labels
-from service.models.registry import build_model, save_weights, to_model_input
+from service.models.registry import build_model, load_weights, normalize, save_weights, select_output
 from service.training import checkpoint as checkpoints
 from service.training.metrics import IGNORE_INDEX, DatasetIoU, IoUReport
 from service.training.shapes import DEFAULT_SIZES, ShapesConfig, make_batch, make_sample
@@ -43,6 +43,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     """torch threads for training; 0 = torch's default."""
+    init_weights: str | None = None
+    """safetensors of this same model to start from (a second training stage, e.g. a second one-cycle
+    schedule after the first one ended); None: random initialisation."""
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -60,20 +63,25 @@ def training_batch(step: int, config: TrainConfig, spec: ModelSpec, shapes: Shap
     """Images [B,H,W,3] uint8 and labels [B,H,W] int64 for one step, all of one size.
 
     Every third step the images are narrower than the size divisor allows and get padded as the
-    codec would pad them, labels marked IGNORE_INDEX, so the network learns to ignore padding.
+    codec would pad them, labels marked IGNORE_INDEX, so the network learns to ignore padding. Sizes
+    that are not a multiple of the divisor (32 for smp encoders) are padded up the same way.
     """
     rng = np.random.default_rng([config.seed, step])
     h, w = DEFAULT_SIZES[rng.integers(len(DEFAULT_SIZES))]
-    cut = int(rng.integers(1, spec.input.size_divisor)) if step % 3 == 0 else 0
+    d = spec.input.size_divisor
+    cut = int(rng.integers(1, d)) if step % 3 == 0 else 0
     seeds = range(
         TRAIN_SEED_BASE + step * config.batch_size, TRAIN_SEED_BASE + (step + 1) * config.batch_size
     )
     images, labels, _ = make_batch(seeds, (h, w - cut), shapes)
-    if cut:
-        images = np.concatenate(
-            [images, np.broadcast_to(np.array(pad_value(spec.input), np.uint8), (len(seeds), h, cut, 3))], 2
-        )
-        labels = np.concatenate([labels, np.full((len(seeds), h, cut), IGNORE_INDEX, np.uint8)], 2)
+    padded = (-(-h // d) * d, -(-w // d) * d)
+    if padded != images.shape[1:3]:
+        out = np.empty((len(seeds), *padded, 3), np.uint8)
+        out[...] = pad_value(spec.input)
+        out[:, :h, : w - cut] = images
+        target = np.full((len(seeds), *padded), IGNORE_INDEX, np.uint8)
+        target[:, :h, : w - cut] = labels
+        images, labels = out, target
     return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
@@ -81,9 +89,9 @@ def predict_labels(model: torch.nn.Module, image: np.ndarray, spec: ModelSpec) -
     """The serving path without Ray: fit to the input policy, forward, argmax at original size."""
     fitted, geometry = fit_to_policy(image, spec.input)
     # torch.tensor copies: ``fitted`` may be a read-only view of a resized PIL image.
-    x = to_model_input(torch.tensor(fitted)[None], spec.input.mean, spec.input.std)
+    x = normalize(torch.tensor(fitted)[None], spec.input)
     with torch.inference_mode():
-        logits = model(x)[0]
+        logits = select_output(model(x), spec.output)[0]
     return restore_labels(logits, geometry)
 
 
@@ -115,6 +123,8 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = build_model(spec)
+    if config.init_weights:
+        load_weights(model, Path(config.init_weights))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=0.15
@@ -128,7 +138,7 @@ def train(
     for step in bar:
         model.train()
         images, labels = training_batch(step, config, spec, shapes)
-        logits = model(to_model_input(images, spec.input.mean, spec.input.std))
+        logits = select_output(model(normalize(images, spec.input)), spec.output)
         ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
         loss = ce + config.dice_weight * dice_loss(logits, labels, spec.num_classes)
         optimizer.zero_grad(set_to_none=True)

@@ -383,3 +383,42 @@ def test_batch_failure_names_every_request_id(caplog) -> None:
         observer.batch_failed(items, RuntimeError("CUDA out of memory"))
     [record] = caplog.records
     assert record.request_ids == ["r0", "r1"] and "CUDA out of memory" in record.getMessage()
+
+
+class RecordingMetric:
+    """Stands in for one of Ray's metric objects: what RaySink hands it at a flush."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, dict]] = []
+
+    def inc(self, value, tags):
+        self.calls.append(("inc", value, tags))
+
+    def set(self, value, tags):
+        self.calls.append(("set", value, tags))
+
+    def observe(self, value, tags):
+        self.calls.append(("observe", value, tags))
+
+
+def test_ray_sink_flushes_one_value_per_series_and_every_observation() -> None:
+    sink = metrics.RaySink(flush_interval_s=3600)  # flushed by hand below
+    objects = {spec.name: RecordingMetric() for spec in metrics.METRICS}
+    sink._objects = objects
+    a = {"model": "a", "protocol": "http", "status": "200", "code": "ok", "outcome": "success"}
+    b = {**a, "model": "b"}
+    for tags in (a, a, b):
+        sink.record(metrics.REQUESTS, 1, tags)
+    sink.record(metrics.IN_FLIGHT, 3, {"model": "a", "protocol": "http"})
+    sink.record(metrics.IN_FLIGHT, 1, {"model": "a", "protocol": "http"})
+    for seconds in (0.1, 0.2, 0.2):
+        sink.record(metrics.STAGE_DURATION, seconds, {"model": "a", "stage": "decode"})
+    sink.flush()
+    assert sorted(objects[metrics.REQUESTS.name].calls, key=lambda c: c[2]["model"]) == [
+        ("inc", 2, a),
+        ("inc", 1, b),
+    ]
+    assert objects[metrics.IN_FLIGHT.name].calls == [("set", 1, {"model": "a", "protocol": "http"})]
+    assert [v for _, v, _ in objects[metrics.STAGE_DURATION.name].calls] == [0.1, 0.2, 0.2]
+    sink.flush()  # nothing new: nothing recorded again
+    assert len(objects[metrics.REQUESTS.name].calls) == 2

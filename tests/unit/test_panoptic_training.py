@@ -96,13 +96,33 @@ def test_stop_at_ends_early_on_the_same_schedule_and_a_rerun_continues(tmp_path,
     assert [row["step"] for row in history] == [1, 3]
 
 
-def test_init_weights_is_refused_for_a_semantic_model(capsys):
-    from service.cli import main
+def test_semantic_second_stage_starts_from_its_init_weights(tmp_path):
+    """--init-weights on a semantic model: a second stage starts from the first stage's weights."""
+    from service.models.registry import WeightsError
+    from service.training import semantic
 
-    repository = str(Path(__file__).resolve().parents[2] / "models" / "repository.yaml")
-    args = ["train", "--model", "unet-shapes", "--repository", repository, "--init-weights", "x.safetensors"]
-    assert main(args) == 2
-    assert "--init-weights is for panoptic models" in capsys.readouterr().err
+    spec = ModelSpec(
+        name="tiny", task="semantic", architecture="unet", arguments={"depth": 2, "base_width": 4},
+        weights="m.safetensors", classes=tiny_spec().classes[:4], input=InputPolicy(size=32, size_divisor=4),
+    )  # fmt: skip
+    first = build_model(spec)
+    save_weights(first, tmp_path / "first.safetensors")
+    config = semantic.TrainConfig(
+        steps=1,
+        batch_size=2,
+        lr=0.0,
+        weight_decay=0.0,
+        val_every=100,
+        init_weights=str(tmp_path / "first.safetensors"),
+    )
+    semantic.train(spec, tmp_path / "second.safetensors", tmp_path / "checkpoints", config)
+    second = load_file(tmp_path / "second.safetensors")
+    # lr 0: the parameters stay the loaded ones (BatchNorm's running statistics move in training mode).
+    for name, parameter in first.named_parameters():
+        assert torch.equal(second[name], parameter.detach()), name
+    missing = semantic.TrainConfig(steps=1, init_weights=str(tmp_path / "absent.safetensors"))
+    with pytest.raises(WeightsError, match="not found"):
+        semantic.train(spec, tmp_path / "third.safetensors", tmp_path / "other", missing)
 
 
 def test_initial_weights_come_from_a_semantic_trunk_or_a_panoptic_model(tmp_path):

@@ -127,6 +127,8 @@ class NoModels:
     [
         ("GET", "/healthz", True),
         ("GET", "/readyz", True),
+        ("GET", "/", True),  # the try-it page: static, its API calls carry the key typed into it
+        ("GET", "/ui/app.js", True),
         ("GET", "/v1/models", False),
         ("GET", "/v1/models/unet-shapes", False),
         ("POST", "/v1/models/unet-shapes/segment", False),

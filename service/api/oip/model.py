@@ -6,8 +6,9 @@ Every served model has the same three inputs, of which a request sends exactly o
   (JPEG, PNG, ...), decoded by the codec with its limits;
 * ``pixels``     UINT8 ``[N, H, W, 3]``: RGB pixels, fitted to the model's input policy like a decoded
   image (the label map has the image's size, as over ``/v1``);
-* ``normalized`` FP32 ``[N, 3, H, W]``: the network's input as it is (the model's mean and std applied,
-  H and W multiples of its ``size_divisor``, no resize: the label map is H x W).
+* ``normalized`` FP32 ``[N, 3, H, W]``: the network's input as it is (the model's channel order, pixel
+  range, mean and std applied; H and W multiples of its ``size_divisor``; no resize: the label map is
+  H x W).
 
 The outputs depend on the task: semantic ``labels``; panoptic ``labels``, ``panoptic_ids`` and
 ``segments``; instance ``instance_ids`` and ``instances`` (see ``outputs``).
@@ -27,7 +28,8 @@ SERVER_NAME = "segserve"
 EXTENSIONS = ("binary_tensor_data", "model_configuration")
 """Triton's names for the extensions served: the HTTP binary tensor data, and ``.../config`` /
 ``ModelConfig`` (what perf_analyzer reads)."""
-PLATFORM = "pytorch"
+PLATFORMS = {"pytorch": "pytorch", "torch_export": "pytorch_torch_export", "onnx": "onnxruntime_onnx"}
+"""The metadata's platform by the entry's artefact ``format`` (Triton's name for ONNX Runtime)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,11 @@ def outputs(spec: ModelSpec) -> tuple[TensorSpec, ...]:
     return (labels,)
 
 
-def parameters(info: dict[str, Any]) -> dict[str, str | int]:
+def parameters(spec: ModelSpec, info: dict[str, Any]) -> dict[str, str | int]:
     """The model's description (``core.get_model``) as protocol parameters: strings, numbers; nested
-    values (classes with names and colours, the input policy) as JSON strings."""
+    values (classes with names and colours, the input policy) as JSON strings. The input policy
+    adds the channel order and pixel range: with mean and std, what a ``normalized`` input applies."""
+    policy = {**info["input"], "channels": spec.input.channels, "pixel_range": spec.input.pixel_range}
     params: dict[str, str | int] = {
         "task": info["task"],
         "version": info["version"],
@@ -85,7 +89,7 @@ def parameters(info: dict[str, Any]) -> dict[str, str | int]:
         "architecture": info["architecture"],
         "max_batch_size": info["max_batch_size"],
         "classes": json.dumps(info["classes"]),
-        "input": json.dumps(info["input"]),
+        "input": json.dumps(policy),
     }
     if "instance" in info:
         params["instance"] = json.dumps(info["instance"])
@@ -100,10 +104,10 @@ def model_metadata(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": spec.name,
         "versions": [spec.version],
-        "platform": PLATFORM,
+        "platform": PLATFORMS[spec.format],
         "inputs": [t.metadata() for t in INPUTS],
         "outputs": [t.metadata() for t in outputs(spec)],
-        "parameters": parameters(info),
+        "parameters": parameters(spec, info),
     }
 
 
@@ -130,12 +134,12 @@ def model_config(spec: ModelSpec, info: dict[str, Any]) -> dict[str, Any]:
     ]
     return {
         "name": spec.name,
-        "platform": PLATFORM,
+        "platform": PLATFORMS[spec.format],
         "backend": SERVER_NAME,
         "max_batch_size": 0,
         "input": inputs,
         "output": config_outputs,
-        "parameters": {k: {"string_value": str(v)} for k, v in parameters(info).items()},
+        "parameters": {k: {"string_value": str(v)} for k, v in parameters(spec, info).items()},
     }
 
 

@@ -1,0 +1,176 @@
+"""The request path's levers, one at a time, in one run: what each costs in CPU per request and gives in
+requests per second (docs/benchmark.md, "Levers").
+
+    python loadtests/levers.py                                  # every lever, ~2 min each
+    python loadtests/levers.py --levers fused-python,fused-haproxy --duration-s 10
+
+Each lever is a configuration of our service (topology, Ray Serve environment switches, Serve's
+logging config); each starts its own Ray and Serve in a subprocess (Ray Serve reads its switches from
+the environment when its processes start), with a null model (near-zero forward: the serving overhead)
+and unet-shapes, and measures a closed loop at one concurrency over HTTP (the label-map PNG body) and
+gRPC with the CPU each process spent (``proc_cpu``). The levers are cumulative in the order listed,
+except the first two, which show where we came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# name -> (description, app args, environment, Serve logging config changes); later levers include the
+# earlier ones from "fused-haproxy" on (the shipped configuration is "fused-haproxy").
+PYTHON_PROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
+    "split-python": (
+        "split topology (ingress -> codec -> segmenter -> codec), Ray's Python proxies",
+        {"topology": "split"},
+        PYTHON_PROXY,
+        {},
+    ),
+    "fused-python": ("fused topology (the ingress runs the models), Python proxies", {}, PYTHON_PROXY, {}),
+    "fused-haproxy": ("+ HAProxy and direct ingress (shipped)", {}, {}, {}),
+    "user-code-on-loop": (
+        "+ user code on the replica's own event loop",
+        {},
+        {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
+        {},
+    ),
+    "no-ray-access-log": (
+        "+ Ray's per-request access log off (ours stays)",
+        {},
+        {},
+        {"enable_access_log": False},
+    ),
+    "buffered-logs": (
+        "+ request-path logs buffered",
+        {},
+        {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000"},
+        {},
+    ),
+    "gc-freeze": ("+ gc.freeze() after start-up", {}, {"RAY_SERVE_FREEZE_GC_ON_STARTUP": "1"}, {}),
+    "no-stderr-logs": ("+ replica logs not copied to stderr", {}, {"RAY_SERVE_LOG_TO_STDERR": "0"}, {}),
+}
+CUMULATIVE_FROM = "fused-haproxy"
+
+
+def configuration(name: str) -> tuple[dict, dict, dict]:
+    """(app args, environment, logging changes) of lever ``name``, with the levers before it."""
+    order = list(LEVERS)
+    chain = order[order.index(CUMULATIVE_FROM) : order.index(name) + 1] if name in order[2:] else [name]
+    app, env, logging_changes = {}, {}, {}
+    for lever in chain:
+        _, a, e, lc = LEVERS[lever]
+        app, env, logging_changes = {**app, **a}, {**env, **e}, {**logging_changes, **lc}
+    return app, env, logging_changes
+
+
+def measure_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """In this process: start the service configured as lever ``name`` and measure its points."""
+    from loadtests import closed_loop, proc_cpu
+    from loadtests.common import DEFAULT_REPOSITORY
+    from loadtests.images import make_images
+    from loadtests.local_service import LocalService
+    from loadtests.repository import write_repository
+
+    app, env, logging_changes = configuration(name)
+    os.environ.update(env)  # before Ray starts: every Ray process inherits it
+    tmp = ROOT / "loadtests" / "results" / "tmp" / f"levers-{os.getpid()}"
+    repository, null = write_repository(DEFAULT_REPOSITORY, [args.model], True, tmp)
+    service = LocalService(repository, [args.model, null], None, app, logging_changes)
+    images = make_images((256, 256), seed=0, synthetic=8)
+    points = [
+        closed_loop.PointSpec(p, m, args.concurrency) for m in (null, args.model) for p in args.protocols
+    ]
+    try:
+        rows = closed_loop.measure(
+            points,
+            images,
+            url=service.url,
+            grpc_target=service.grpc_target,
+            warmup_s=args.warmup_s,
+            duration_s=args.duration_s,
+            timeout_s=60,
+            roles=proc_cpu.Roles(outside_by_name=False),
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+    finally:
+        service.stop()
+    return {
+        "lever": name,
+        "points": [
+            {
+                "model": "null" if r["model"] == null else r["model"],
+                "protocol": r["protocol"],
+                "rps": round(r["throughput_rps"], 1),
+                "p50_ms": r["p50_ms"],
+                "errors": r["errors"],
+                "service_cpu_ms": proc_cpu.service_ms(r["cpu_ms_per_request"]),
+                "cpu_ms_per_request": r["cpu_ms_per_request"],
+            }
+            for r in rows
+        ],
+    }
+
+
+def table(results: list[dict[str, Any]], model: str, protocols: list[str]) -> list[str]:
+    head = " | ".join(f"{model} {p} req/s | CPU ms/req" for p in protocols)
+    lines = [f"| lever | {head} |", "|---|" + "---:|" * (2 * len(protocols))]
+    for result in results:
+        cells = []
+        for protocol in protocols:
+            point = next(
+                (p for p in result["points"] if p["model"] == model and p["protocol"] == protocol), None
+            )
+            cpu = point and point["service_cpu_ms"]
+            cells += [f"{point['rps']:.1f}" if point else "-", f"{cpu:.1f}" if cpu else "-"]
+        lines.append(f"| {result['lever']}: {LEVERS[result['lever']][0]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--levers", default=",".join(LEVERS), help=f"some of {', '.join(LEVERS)}")
+    p.add_argument("--model", default="unet-shapes")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--protocols", default="http,grpc")
+    p.add_argument("--duration-s", type=float, default=15.0)
+    p.add_argument("--warmup-s", type=float, default=4.0)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the subprocess's lever
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON results here")
+    args = p.parse_args(argv)
+    args.protocols = [x for x in args.protocols.split(",") if x]
+    if args.one:
+        print(json.dumps(measure_one(args.one, args)), flush=True)
+        return 0
+    results = []
+    for name in [x for x in args.levers.split(",") if x]:
+        if name not in LEVERS:
+            p.error(f"unknown lever {name!r}; known: {', '.join(LEVERS)}")
+        started = time.monotonic()
+        command = [sys.executable, __file__, "--one", name, *(argv or sys.argv[1:])]
+        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            print(f"lever {name}: failed (exit {done.returncode})", file=sys.stderr)
+            continue
+        results.append(json.loads(lines[-1]))
+        print(f"lever {name}: done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    for model in ("null", args.model):
+        print("\n".join(["", *table(results, model, args.protocols)]))
+    return 0 if len(results) == len(args.levers.split(",")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
