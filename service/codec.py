@@ -13,7 +13,14 @@ from service import metrics
 from service.config import Limits, ModelSpec
 from service.errors import DeadlineExceeded
 from service.pipeline import encode_result, prepare_image
-from service.types import PreparedImage, Segmentation, SegmentOptions, SegmentResult
+from service.types import (
+    ImageInput,
+    PreparedImage,
+    Segmentation,
+    SegmentOptions,
+    SegmentResult,
+    payload_bytes,
+)
 
 
 class CodecStage:
@@ -21,13 +28,13 @@ class CodecStage:
         self.limits = limits
 
     def prepare(
-        self, body: bytes, content_type: str | None, options: SegmentOptions, spec: ModelSpec
+        self, body: ImageInput, content_type: str | None, options: SegmentOptions, spec: ModelSpec
     ) -> PreparedImage:
         if options.deadline is not None and time.time() > options.deadline:
             # Queued past its deadline: the caller has its 504 already, so decoding would be wasted.
             raise DeadlineExceeded("the deadline passed before the image was decoded")
         prepared = prepare_image(body, content_type, options, spec, self.limits)
-        metrics.record_prepared(prepared, len(body))
+        metrics.record_prepared(prepared, payload_bytes(body))
         return prepared
 
     def encode(self, segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:

@@ -64,6 +64,18 @@ class ModelNotFound(ServiceError):
         self.model = model
 
 
+class ModelVersionNotFound(ModelNotFound):
+    """The model is served, but not in the version asked for (the Open Inference Protocol's URLs and
+    fields name versions)."""
+
+    def __init__(self, model: str, version: str, served: str) -> None:
+        ServiceError.__init__(
+            self, f"model {model!r} has no version {version!r}; it serves version {served!r}"
+        )
+        self.args = (model, version, served)
+        self.model = model
+
+
 class Unauthenticated(ServiceError):
     code = "unauthenticated"
     http_status = 401

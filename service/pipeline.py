@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from service.config import Limits, ModelSpec
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, PayloadTooLarge
 from service.imaging.decode import check_content_type, decode_image
 from service.imaging.encode import (
     class_pixel_counts,
@@ -19,16 +19,26 @@ from service.imaging.encode import (
     encode_label_png,
     encode_rgb_png,
 )
-from service.imaging.geometry import fit_to_policy
+from service.imaging.geometry import Geometry, fit_to_policy
 from service.imaging.instance import Instances, class_pixels, describe_instances
 from service.imaging.overlay import blend_overlay, palette
-from service.types import ClassPresence, PreparedImage, Segmentation, SegmentOptions, SegmentResult
+from service.types import (
+    ClassPresence,
+    ImageInput,
+    ImageTensor,
+    PreparedImage,
+    Segmentation,
+    SegmentOptions,
+    SegmentResult,
+)
 
 
 def prepare_image(
-    body: bytes, content_type: str | None, options: SegmentOptions, spec: ModelSpec, limits: Limits
+    body: ImageInput, content_type: str | None, options: SegmentOptions, spec: ModelSpec, limits: Limits
 ) -> PreparedImage:
-    """Decode, orient, convert to RGB and fit to the model's input policy."""
+    """Decode, orient, convert to RGB and fit to the model's input policy (pixels: ``prepare_tensor``)."""
+    if isinstance(body, ImageTensor):
+        return prepare_tensor(body, options, spec, limits)
     t0 = time.perf_counter()
     check_format(spec, options)
     check_content_type(content_type)
@@ -42,6 +52,36 @@ def prepare_image(
         options=options,
         original=image if options.overlay else None,
         timings_ms={"decode": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000},
+    )
+
+
+def prepare_tensor(
+    image: ImageTensor, options: SegmentOptions, spec: ModelSpec, limits: Limits
+) -> PreparedImage:
+    """Pixels that need no decoding. uint8 RGB is fitted to the input policy like a decoded image, so
+    the label map has its size; an already normalized float32 tensor is the network's input as it is,
+    so its sides must be multiples of ``size_divisor`` and the label map has the tensor's size."""
+    t0 = time.perf_counter()
+    check_format(spec, options)
+    height, width = image.pixels.shape[:2]
+    if height * width > limits.max_image_pixels:
+        raise PayloadTooLarge(
+            f"image of {width}x{height} pixels is over the limit of {limits.max_image_pixels} pixels"
+        )
+    if image.normalized:
+        d = spec.input.size_divisor
+        if height % d or width % d:
+            raise InvalidArgument(
+                f"an FP32 (already normalized) image is the network's input as it is: its height and width "
+                f"must be multiples of {d} for model {spec.name!r}, got {height}x{width}"
+            )
+        pixels, geometry = image.pixels, Geometry((height, width), (height, width), (height, width))
+    else:
+        pixels, geometry = fit_to_policy(image.pixels, spec.input)
+    original = image.pixels if options.overlay and not image.normalized else None
+    timings = {"preprocess": (time.perf_counter() - t0) * 1000}  # no decode: its histogram stays honest
+    return PreparedImage(
+        pixels=pixels, geometry=geometry, options=options, original=original, timings_ms=timings
     )
 
 
@@ -84,6 +124,8 @@ def encode_result(segmentation: Segmentation, spec: ModelSpec) -> SegmentResult:
         result.mask_png = encode_label_png(labels) if panoptic is None else _panoptic_png(panoptic)
     elif options.format == "raw":
         result.mask_raw = np.ascontiguousarray(labels).tobytes()
+        if panoptic is not None:
+            result.panoptic_raw = np.ascontiguousarray(panoptic, np.int32).tobytes()
     elif options.format == "rle":
         result.rle = encode_class_rles(labels, counts.keys())
     elif options.format == "polygons":

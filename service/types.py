@@ -32,18 +32,46 @@ class SegmentOptions:
     request_id: str = ""
     deadline: float | None = None
     """Absolute ``time.time()`` by which the answer must be ready (None = no deadline)."""
-    protocol: Literal["http", "grpc"] = "http"
+    protocol: Literal["http", "grpc", "oip_http", "oip_grpc"] = "http"
 
     def __post_init__(self) -> None:
         if self.format not in MASK_FORMATS:
             raise InvalidArgument(f"unknown format {self.format!r}; use one of {', '.join(MASK_FORMATS)}")
 
 
+@dataclass(frozen=True)
+class ImageTensor:
+    """An image that arrives as pixels, not as an encoded file (the Open Inference Protocol's tensors).
+
+    ``pixels`` is either uint8 ``[H, W, 3]`` RGB, which the codec fits to the model's input policy as it
+    does a decoded image, or float32 ``[H, W, 3]`` already normalized (the model's channel order, pixel
+    range, mean and std applied): the network's input as it is (no resize, no pad; H and W multiples
+    of the policy's ``size_divisor``).
+    """
+
+    pixels: np.ndarray
+
+    @property
+    def normalized(self) -> bool:
+        return self.pixels.dtype == np.float32
+
+
+ImageInput = bytes | ImageTensor
+"""What a segmentation request carries: encoded image bytes, or pixels."""
+
+
+def payload_bytes(body: ImageInput) -> int:
+    """The size of a request's image payload: the encoded file's, or the pixels'."""
+    return body.pixels.nbytes if isinstance(body, ImageTensor) else len(body)
+
+
 @dataclass
 class PreparedImage:
     """The codec's output: the model input and what is needed to undo the geometry."""
 
-    pixels: np.ndarray  # uint8 [Hp, Wp, 3], the model input after resize and pad
+    pixels: np.ndarray
+    """uint8 [Hp, Wp, 3], the model input after resize and pad; float32 [Hp, Wp, 3] for an already
+    normalized ``ImageTensor`` (the runner then skips its normalization)."""
     geometry: Geometry
     options: SegmentOptions
     original: np.ndarray | None = None  # uint8 [H, W, 3], kept only when an overlay is asked for
@@ -90,6 +118,8 @@ class SegmentResult:
     mask_png: bytes | None = None
     mask_raw: bytes | None = None
     mask_dtype: str = "uint8"
+    panoptic_raw: bytes | None = None
+    """Panoptic models, format ``raw``: the COCO segment id map, int32 row-major bytes."""
     rle: list[dict] | None = None
     polygons: list[dict] | None = None
     segments: list[dict] | None = None

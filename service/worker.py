@@ -18,7 +18,7 @@ from service.codec import CodecStage
 from service.config import Limits, ModelSpec
 from service.errors import DeadlineExceeded, ModelFailure, Overloaded
 from service.models.runners import build_runner
-from service.types import PreparedImage, Segmentation, SegmentOptions, SegmentResult
+from service.types import ImageInput, PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
 
 class ModelWorker:
@@ -47,7 +47,7 @@ class ModelWorker:
         return await self.batcher.submit((prepared, time.perf_counter()))
 
     async def segment_image(
-        self, body: bytes, content_type: str | None, options: SegmentOptions
+        self, body: ImageInput, content_type: str | None, options: SegmentOptions
     ) -> SegmentResult:
         """Bytes in, encoded answer out. Decode and encode run in worker threads (Pillow, numpy and zlib
         release the GIL), so the event loop keeps forming batches while they run."""
@@ -112,7 +112,7 @@ class LocalModels:
         return cls({name: ModelWorker(spec, weights[name], codec) for name, spec in specs.items()})
 
     async def segment(
-        self, body: bytes, content_type: str | None, options: SegmentOptions, spec: ModelSpec
+        self, body: ImageInput, content_type: str | None, options: SegmentOptions, spec: ModelSpec
     ) -> SegmentResult:
         return await self.workers[spec.name].segment_image(body, content_type, options)
 

@@ -28,7 +28,7 @@ from service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from service.types import SegmentOptions, SegmentResult
+from service.types import ImageInput, SegmentOptions, SegmentResult, payload_bytes
 
 
 def parse_timeout_ms(value: str | None, name: str) -> float | None:
@@ -85,7 +85,7 @@ class Models(Protocol):
     """Where the served models run (fused: in this process; split: in deployments of their own)."""
 
     async def segment(
-        self, body: bytes, content_type: str | None, options: SegmentOptions, spec: ModelSpec
+        self, body: ImageInput, content_type: str | None, options: SegmentOptions, spec: ModelSpec
     ) -> SegmentResult: ...
 
     async def ready(self) -> list[dict[str, Any]]: ...
@@ -138,10 +138,10 @@ class SegmentationCore:
 
     # --- segmentation -------------------------------------------------------------------------------
 
-    def check_body(self, body: bytes) -> None:
-        limit = self.settings.limits.max_body_bytes
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body of {len(body)} bytes is over the limit of {limit} bytes")
+    def check_body(self, body: ImageInput) -> None:
+        limit, size = self.settings.limits.max_body_bytes, payload_bytes(body)
+        if size > limit:
+            raise PayloadTooLarge(f"body of {size} bytes is over the limit of {limit} bytes")
 
     def deadline(self, timeout_s: float | None) -> float:
         """Absolute deadline: the caller's timeout, capped by the configured request timeout."""
@@ -149,9 +149,10 @@ class SegmentationCore:
         return time.time() + (min(timeout_s, limit) if timeout_s else limit)
 
     async def segment(
-        self, spec: ModelSpec, body: bytes, content_type: str | None, options: SegmentOptions
+        self, spec: ModelSpec, body: ImageInput, content_type: str | None, options: SegmentOptions
     ) -> SegmentResult:
-        """Segment ``body`` with the model of ``spec`` (resolved by the caller with ``spec``, once)."""
+        """Segment ``body`` (encoded image bytes, or pixels: ``ImageTensor``) with the model of ``spec``
+        (resolved by the caller with ``spec``, once)."""
         self.check_body(body)
         started = time.perf_counter()
         remaining = (options.deadline or self.deadline(None)) - time.time()

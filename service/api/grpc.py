@@ -2,8 +2,9 @@
 through the HTTP app's handlers.
 
 Ray Serve routes ``/<package>.<Service>/<Method>`` to the Ingress method of that name, which calls
-``unary`` or ``stream`` here with the method's entry in ``METHODS``. The wrapper authenticates (unless
-the method is open), counts segmentation requests (``accounted``), sets the request id and maps every
+``unary`` or ``stream`` here with the method's entry in ``METHODS`` (or in another service's table:
+the Open Inference Protocol's ``service.api.oip.grpc.METHODS``). The wrapper authenticates (unless the
+method is open), counts segmentation requests (``accounted``), sets the request id and maps every
 failure to a status code and details through one table (``service.api.errors.GRPC_STATUS``),
 returning the method's empty message. Conversions live in ``grpc_convert.py``.
 """
@@ -11,7 +12,7 @@ returning the method's empty message. Conversions live in ``grpc_convert.py``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,12 @@ class Method:
     """No API key needed (health checks)."""
     accounted: bool = False
     """Counted, timed and logged as a segmentation request for the request's ``model``."""
+    protocol: str = "grpc"
+    """The ``protocol`` label an accounted call is counted and logged under."""
+    model_field: str = "model"
+    """The request's field that names the model (accounted calls)."""
+    id_field: str = "request_id"
+    """The request's field with the caller's request id, if it has one."""
 
 
 # --- the method bodies ----------------------------------------------------------------------------
@@ -124,10 +131,17 @@ METHODS: dict[str, Method] = {
 # --- the wrapper ----------------------------------------------------------------------------------
 
 
-def _start(core: SegmentationCore, request: Any, context, meta: dict[str, str], frame: bool = False) -> Call:
+def _start(
+    core: SegmentationCore,
+    request: Any,
+    context,
+    meta: dict[str, str],
+    frame: bool = False,
+    id_field: str = "request_id",
+) -> Call:
     """The call's request id: the request's own field, else ``x-request-id`` metadata, else Ray's id for
     the RPC (a stream's frames get fresh ones instead: Ray's id names the whole stream)."""
-    given = getattr(request, "request_id", "") or meta.get("x-request-id")
+    given = getattr(request, id_field, "") or meta.get("x-request-id")
     ray_id = None if frame else request_context.grpc_ray_request_id(context)
     request_id = request_context.new_request_id(given or ray_id)
     request_context.bind_request_id(request_id)  # every log line (and split handle call) carries it
@@ -137,8 +151,9 @@ def _start(core: SegmentationCore, request: Any, context, meta: dict[str, str], 
 def _accounting(call: Call, method: Method, request: Any):
     if not method.accounted:
         return contextlib.nullcontext()
+    model = getattr(request, method.model_field)
     return metrics.request_call(
-        "grpc", request.model, call.core.served, call.request_id, on_finish=request_context.access_log
+        method.protocol, model, call.core.served, call.request_id, on_finish=request_context.access_log
     )
 
 
@@ -152,11 +167,13 @@ def fail(context, error: BaseException, request_id: str = "") -> ServiceError:
     return service_error
 
 
-async def unary(core: SegmentationCore, name: str, request: Any, context) -> Any:
-    """Run method ``name`` of ``METHODS`` for one request: auth, accounting, errors, request id."""
-    method = METHODS[name]
+async def unary(
+    core: SegmentationCore, name: str, request: Any, context, methods: Mapping[str, Method] = METHODS
+) -> Any:
+    """Run method ``name`` of ``methods`` for one request: auth, accounting, errors, request id."""
+    method = methods[name]
     meta = metadata(context)
-    call = _start(core, request, context, meta)
+    call = _start(core, request, context, meta, id_field=method.id_field)
     with _accounting(call, method, request) as account:
         try:
             if not method.open:

@@ -7,7 +7,7 @@ from ray import serve
 
 from service.codec import CodecStage
 from service.config import Limits, ModelSpec
-from service.types import PreparedImage, Segmentation, SegmentOptions, SegmentResult
+from service.types import ImageInput, PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
 
 @serve.deployment(name="ImageCodec")
@@ -18,7 +18,7 @@ class ImageCodec:
 
     # Sync methods: Ray Serve 2.60 runs them in a thread pool, so decoding several images overlaps
     # (Pillow and numpy release the GIL) and the replica's event loop stays free.
-    def prepare(self, body: bytes, content_type: str | None, options: SegmentOptions) -> PreparedImage:
+    def prepare(self, body: ImageInput, content_type: str | None, options: SegmentOptions) -> PreparedImage:
         return self.stage.prepare(body, content_type, options, self.specs[options.model])
 
     def encode(self, segmentation: Segmentation) -> SegmentResult:

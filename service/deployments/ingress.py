@@ -14,6 +14,8 @@ from service import metrics
 from service.api import grpc as grpc_api
 from service.api.core import SegmentationCore
 from service.api.http import build_http_app
+from service.api.oip import grpc as oip_grpc
+from service.api.oip import http as oip_http
 from service.config import AppSettings, Repository
 from service.deployments.split import SplitModels
 from service.models.inference import configure_threads
@@ -50,6 +52,7 @@ class Ingress:
     def __serve_build_asgi_app__(self):
         """Called by Ray Serve after __init__: the FastAPI app, its routes reaching this core."""
         app = build_http_app()
+        app.include_router(oip_http.router)  # the Open Inference Protocol's /v2 routes
         app.state.core = self.core
         return app
 
@@ -71,3 +74,25 @@ class Ingress:
 
     async def Check(self, request, grpc_context=None):
         return await grpc_api.unary(self.core, "Check", request, grpc_context)
+
+    # The Open Inference Protocol (inference.GRPCInferenceService): its RPCs through the same wrapper.
+    async def ServerLive(self, request, grpc_context=None):
+        return await grpc_api.unary(self.core, "ServerLive", request, grpc_context, oip_grpc.METHODS)
+
+    async def ServerReady(self, request, grpc_context=None):
+        return await grpc_api.unary(self.core, "ServerReady", request, grpc_context, oip_grpc.METHODS)
+
+    async def ModelReady(self, request, grpc_context=None):
+        return await grpc_api.unary(self.core, "ModelReady", request, grpc_context, oip_grpc.METHODS)
+
+    async def ServerMetadata(self, request, grpc_context=None):
+        return await grpc_api.unary(self.core, "ServerMetadata", request, grpc_context, oip_grpc.METHODS)
+
+    async def ModelMetadata(self, request, grpc_context=None):
+        return await grpc_api.unary(self.core, "ModelMetadata", request, grpc_context, oip_grpc.METHODS)
+
+    async def ModelConfig(self, request, grpc_context=None):
+        return await grpc_api.unary(self.core, "ModelConfig", request, grpc_context, oip_grpc.METHODS)
+
+    async def ModelInfer(self, request, grpc_context=None):
+        return await grpc_api.unary(self.core, "ModelInfer", request, grpc_context, oip_grpc.METHODS)

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from service.config import ModelSpec
-from service.types import SegmentOptions, SegmentResult
+from service.types import ImageInput, SegmentOptions, SegmentResult
 
 
 class SplitModels:
@@ -18,7 +18,7 @@ class SplitModels:
         self.segmenters = segmenters
 
     async def segment(
-        self, body: bytes, content_type: str | None, options: SegmentOptions, spec: ModelSpec
+        self, body: ImageInput, content_type: str | None, options: SegmentOptions, spec: ModelSpec
     ) -> SegmentResult:
         responses: list[Any] = []  # every handle call made, to cancel them all when the caller gives up
         try:

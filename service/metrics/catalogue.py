@@ -64,8 +64,9 @@ class MetricSpec:
 REQUESTS = MetricSpec(
     "seg_requests",
     "counter",
-    "Segmentation requests answered by the ingress (HTTP segment requests, gRPC Segment calls and "
-    "SegmentStream frames) by model, protocol (http|grpc), protocol status (HTTP status code or gRPC "
+    "Segmentation requests answered by the ingress (HTTP segment requests, gRPC Segment calls, "
+    "SegmentStream frames and Open Inference Protocol infer calls) by model, protocol "
+    "(http|grpc|oip_http|oip_grpc), protocol status (HTTP status code or gRPC "
     "status name), service error code ('ok' on success) and outcome (success|client_error|server_error).",
     ("model", "protocol", "status", "code", "outcome"),
 )
@@ -187,7 +188,8 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 STAGES: tuple[str, ...] = ("decode", "preprocess", "queue", "forward", "postprocess", "encode")
 UNKNOWN_MODEL = "_unknown"  # the label of requests for models that are not served (not a valid name)
-PROTOCOLS = ("http", "grpc")
+PROTOCOLS = ("http", "grpc", "oip_http", "oip_grpc")
+"""The ``protocol`` label's values: our /v1 API over HTTP and gRPC, the Open Inference Protocol's two."""
 
 __all__ = [
     "BATCH_PIXELS",

@@ -20,6 +20,9 @@ from service.metrics.catalogue import (
 )
 from service.metrics.sinks import Sink, _record
 
+HTTP_PROTOCOLS = frozenset({"http", "oip_http"})
+"""The ``protocol`` labels whose status is an HTTP code (the others' is a gRPC status name)."""
+
 # --- label helpers ------------------------------------------------------------------------------
 
 
@@ -123,7 +126,7 @@ class RequestCall:
     def __exit__(self, *exc) -> None:
         try:
             if not self.finished:
-                cancelled = "499" if self.protocol == "http" else "CANCELLED"
+                cancelled = "499" if self.protocol in HTTP_PROTOCOLS else "CANCELLED"
                 self.finish(status=cancelled, http_status=499, code="cancelled")
         finally:
             _track_in_flight(self.model, self.protocol, -1, self.sink)

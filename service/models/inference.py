@@ -78,6 +78,8 @@ class Runner:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _to_device(self, items: Sequence[PreparedImage]) -> torch.Tensor:
+        if items[0].pixels.dtype == np.float32:  # already normalized (groups never mix dtypes)
+            return self._normalized_to_device(items)
         batch = torch.from_numpy(np.stack([item.pixels for item in items]))
         if self.device.type == "cuda":
             # Pinned host memory lets the copy overlap with work already queued on the GPU.
@@ -86,6 +88,14 @@ class Runner:
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _normalized_to_device(self, items: Sequence[PreparedImage]) -> torch.Tensor:
+        """float32 [H, W, 3] inputs the caller already normalized (Open Inference Protocol FP32)."""
+        batch = torch.from_numpy(np.stack([item.pixels for item in items]))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        # NHWC memory seen as NCHW: the channels_last layout the uint8 path gives the network too.
+        return batch.permute(0, 3, 1, 2)
 
     def postprocess(self, logits: torch.Tensor, items: list[PreparedImage]) -> GroupOutput:
         """Network output of a group -> per-item results at the original geometry (semantic: labels)."""
@@ -146,7 +156,8 @@ class Runner:
         """Indices grouped by input shape, each group within max_batch_size and the pixel budget."""
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
-            by_shape[item.pixels.shape].append(i)
+            # The dtype too: uint8 images and already normalized float tensors are stacked apart.
+            by_shape[(*item.pixels.shape, item.pixels.dtype.str)].append(i)
         budget = self.spec.batching.max_batch_pixels
         limit = self.spec.batching.max_batch_size
         for shape, indices in by_shape.items():

@@ -2,7 +2,8 @@
 
 - ``service/generated/``: the service's copy. Ray's gRPC proxy imports it as ``service.generated...``.
 - ``clients/python/segserve_client/_generated/``: the client distribution's own copy, so that
-  ``segserve-client`` installs without the service.
+  ``segserve-client`` installs without the service. It gets only the protos it speaks
+  (``segmentation/``): the Open Inference Protocol's (``inference/``) is the service's alone.
 
 protoc names each file by its path under ``protos/`` (``segmentation/v1/segmentation.proto``) and
 writes imports from that root (``from segmentation.v1 import segmentation_pb2``). Both copies keep
@@ -31,10 +32,12 @@ class Target(NamedTuple):
     """The folder on ``sys.path`` when the package is imported (relative to the output root)."""
     package: str
     """The generated package's path under ``root``, ``/``-separated."""
+    folders: tuple[str, ...] | None = None
+    """The top-level folders of ``protos/`` this copy is generated from (None: all)."""
 
 
 SERVICE = Target(Path("."), "service/generated")
-CLIENT = Target(Path("clients/python"), "segserve_client/_generated")
+CLIENT = Target(Path("clients/python"), "segserve_client/_generated", folders=("segmentation",))
 TARGETS = (SERVICE, CLIENT)
 
 
@@ -45,12 +48,18 @@ def generate(
     (under ``out / target.root``)."""
     written = []
     for target in targets:
-        written += _generate_one(proto_root, out / target.root, target.package)
+        written += _generate_one(proto_root, out / target.root, target.package, target.folders)
     return written
 
 
-def _generate_one(proto_root: Path, root: Path, package: str) -> list[Path]:
-    protos = sorted(proto_root.rglob("*.proto"))
+def _generate_one(
+    proto_root: Path, root: Path, package: str, folders: tuple[str, ...] | None = None
+) -> list[Path]:
+    protos = sorted(
+        p
+        for p in proto_root.rglob("*.proto")
+        if folders is None or p.relative_to(proto_root).parts[0] in folders
+    )
     dest = root / package
     dest.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")

@@ -90,3 +90,9 @@ def test_the_wire_enum_names_the_services_mask_formats() -> None:
     names -= {"unspecified"}
     assert names == set(MASK_FORMATS) == set(SERVICE_TABLE) == set(CLIENT_TABLE)
     assert SERVICE_TABLE == CLIENT_TABLE
+
+
+def test_the_open_inference_protocol_is_generated_for_the_service_only():
+    """segserve-client does not speak the Open Inference Protocol: its copy has no ``inference``."""
+    assert (ROOT / SERVICE.root / SERVICE.package / "inference/grpc_predict_v2_pb2.py").exists()
+    assert not (ROOT / CLIENT.root / CLIENT.package / "inference").exists()

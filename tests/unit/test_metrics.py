@@ -209,7 +209,7 @@ def test_refresh_in_flight_sets_every_served_series(sink) -> None:
     assert sink.gauges == {
         sink.key("seg_requests_in_flight", model=m, protocol=p): 1.0 if (m, p) == ("a", "grpc") else 0.0
         for m in ("a", "b")
-        for p in ("http", "grpc")
+        for p in ("http", "grpc", "oip_http", "oip_grpc")
     }
     with call:
         call.finish(status="OK", http_status=200)
