@@ -156,11 +156,25 @@ def first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, tor
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
     """Load a safetensors state dict into ``model`` strictly (every name and shape must match)."""
     state = read_state_dict(path)
+    for name in _dropped_on_load(model):
+        state.pop(name, None)
     problem = first_mismatch(model.state_dict(), state)
     if problem is not None:
         raise WeightsError(f"{path}: weights do not fit the architecture: {problem}")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _dropped_on_load(model: nn.Module) -> list[str]:
+    """Names torch itself drops when loading: ``FrozenBatchNorm2d`` ignores a ``num_batches_tracked``,
+    so a body trained with ``BatchNorm2d`` loads into a frozen one (torchvision's Mask R-CNN v1)."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    return [
+        f"{name}.num_batches_tracked" if name else "num_batches_tracked"
+        for name, module in model.named_modules()
+        if isinstance(module, FrozenBatchNorm2d)
+    ]
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
