@@ -13,7 +13,7 @@ from ray.serve.grpc_util import gRPCInputStream
 from service import metrics
 from service.api import grpc as grpc_api
 from service.api.core import SegmentationCore
-from service.api.http import build_http_app
+from service.api.http import SegmentFirst, build_http_app
 from service.api.oip import grpc as oip_grpc
 from service.api.oip import http as oip_http
 from service.config import AppSettings, Repository
@@ -50,11 +50,12 @@ class Ingress:
             self.local.check_health()
 
     def __serve_build_asgi_app__(self):
-        """Called by Ray Serve after __init__: the FastAPI app, its routes reaching this core."""
+        """Called by Ray Serve after __init__: the HTTP app, its routes reaching this core (the segment
+        route first, without FastAPI's stack: ``SegmentFirst``)."""
         app = build_http_app()
         app.include_router(oip_http.router)  # the Open Inference Protocol's /v2 routes
         app.state.core = self.core
-        return app
+        return SegmentFirst(app)
 
     # gRPC: Ray Serve calls the method named like the RPC; each is one line into the wrapper of
     # service/api/grpc.py (auth, accounting, errors). `grpc_context=None` keeps the methods callable

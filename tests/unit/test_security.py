@@ -139,13 +139,14 @@ class NoModels:
 def test_only_the_probes_are_open_when_keys_are_configured(tmp_path, monkeypatch, method, path, open_):
     from fastapi.testclient import TestClient
 
-    from service.api.http import build_http_app
+    from service.api.http import SegmentFirst, build_http_app
 
     core = core_with(tmp_path, monkeypatch, env="alpha")
     core.models = NoModels()
     app = build_http_app()
     app.state.core = core
-    with TestClient(app) as client:
+    # As the ingress serves it: the segment route first (SegmentFirst), the rest through FastAPI.
+    with TestClient(SegmentFirst(app)) as client:
         anonymous = client.request(method, path)
         keyed = client.request(method, path, headers={"authorization": "Bearer alpha"})
     if open_:
@@ -247,3 +248,33 @@ def test_a_symlinked_repository_root_is_resolved_before_the_check(tmp_path):
     (tmp_path / "link").symlink_to(real, target_is_directory=True)
     repo = load_repository(tmp_path / "link" / "repository.yaml")
     assert repo.weights_path(repo.models[0]) == (real / "m" / "model.safetensors").resolve()
+
+
+@pytest.mark.parametrize("root_path", ["", "/prefix"])
+def test_segment_first_takes_the_segment_route_and_leaves_the_rest_to_fastapi(
+    tmp_path, monkeypatch, root_path
+):
+    """Under an application's route prefix too: the segment route answers (here: unknown model, 404 JSON
+    from segment_endpoint, counted as a segment request), any other path goes to FastAPI's routes."""
+    from fastapi.testclient import TestClient
+
+    from service import metrics
+    from service.api.http import SegmentFirst, build_http_app
+
+    sink = metrics.MemorySink()
+    metrics.set_sink(sink)
+    try:
+        core = core_with(tmp_path, monkeypatch)
+        core.models = NoModels()
+        app = build_http_app()
+        app.state.core = core
+        with TestClient(SegmentFirst(app), root_path=root_path) as client:
+            missing = client.post(f"{root_path}/v1/models/nope/segment", content=b"x")
+            health = client.get(f"{root_path}/healthz")
+            wrong_method = client.get(f"{root_path}/v1/models/nope/segment")
+    finally:
+        metrics.set_sink(None)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert sum(v for k, v in sink.counters.items() if k[0] == "seg_requests") == 1
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert wrong_method.status_code == 405  # FastAPI's answer: the fast path takes POSTs only
