@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from service.config import Limits, ModelSpec
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, PayloadTooLarge
 from service.imaging.decode import check_content_type, decode_image
 from service.imaging.encode import (
     class_pixel_counts,
@@ -22,6 +22,7 @@ from service.imaging.encode import (
 from service.imaging.geometry import fit_to_policy
 from service.imaging.instance import Instances, class_pixels, describe_instances
 from service.imaging.overlay import blend_overlay, palette
+from service.imaging.tiling import scale_for_tiles, wants_tiles
 from service.types import ClassPresence, PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
 
@@ -32,9 +33,12 @@ def prepare_image(
     t0 = time.perf_counter()
     check_format(spec, options)
     check_content_type(content_type)
-    image = decode_image(body, max_pixels=limits.max_image_pixels)
+    image = decode_for_model(body, spec, limits)
     t1 = time.perf_counter()
-    pixels, geometry = fit_to_policy(image, spec.input)
+    # Large images of a model with a tile policy keep their resolution (at the tile scale): the model's
+    # worker cuts them into tiles. Others are fitted to the input policy as one model input.
+    tiled = wants_tiles(image.shape[0], image.shape[1], spec.input)
+    pixels, geometry = scale_for_tiles(image, spec.input) if tiled else fit_to_policy(image, spec.input)
     t2 = time.perf_counter()
     return PreparedImage(
         pixels=pixels,
@@ -42,7 +46,22 @@ def prepare_image(
         options=options,
         original=image if options.overlay else None,
         timings_ms={"decode": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000},
+        tiled=tiled,
     )
+
+
+def decode_for_model(body: bytes, spec: ModelSpec, limits: Limits) -> np.ndarray:
+    """``decode_image`` under the smaller of the app's pixel limit and the model's ``input.max_pixels``,
+    both checked from the header before any decoding (413 naming the limit that refused it)."""
+    limit = spec.input.max_pixels
+    if limit is None or limit >= limits.max_image_pixels:
+        return decode_image(body, max_pixels=limits.max_image_pixels)
+    try:
+        return decode_image(body, max_pixels=limit)
+    except PayloadTooLarge as e:
+        raise PayloadTooLarge(
+            f"{e}: model {spec.name!r} segments images of up to {limit} pixels (its input.max_pixels)"
+        ) from None
 
 
 def check_format(spec: ModelSpec, options: SegmentOptions) -> None:
