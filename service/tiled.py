@@ -88,8 +88,11 @@ class TiledRequest:
                 if not pending:  # cannot happen: a row waits only for tiles still pending
                     raise RuntimeError(f"tiling stalled at tile {order[k]}")
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                errors = [f.exception() for f in done if f.exception() is not None]
+                if errors:
+                    raise errors[0]  # a tile's error is the request's (the others are the same kind)
                 for future in done:
-                    result: TileLogits = future.result()  # a tile's error is the request's
+                    result: TileLogits = future.result()
                     t0 = time.perf_counter()
                     bands = await asyncio.to_thread(blender.add, *result.index, result.logits)
                     self.stats.add(result, bands, time.perf_counter() - t0)

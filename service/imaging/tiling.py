@@ -192,11 +192,13 @@ def axis_map(n_in: int, n_out: int) -> AxisMap:
     if n_in == n_out:
         empty = np.zeros(0, np.int64)
         return AxisMap(n_in, n_out, empty, empty, np.zeros(0, np.float32))
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.maximum(src, 0.0)
+    # In float32, as torch's CPU kernel computes source positions for float tensors.
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
     lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
+    frac = np.clip(src - lo.astype(np.float32), 0, 1).astype(np.float32)
     return AxisMap(n_in, n_out, lo, hi, frac)
 
 
