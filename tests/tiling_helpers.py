@@ -72,13 +72,12 @@ def tiled_labels(spec: ModelSpec, runner: Runner, image: np.ndarray) -> tuple[np
 
 
 def miou(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
-    """Mean IoU over the classes present in either map."""
-    ious = []
-    for c in range(classes):
-        union = np.count_nonzero((pred == c) | (truth == c))
-        if union:
-            ious.append(np.count_nonzero((pred == c) & (truth == c)) / union)
-    return float(np.mean(ious))
+    """Mean IoU over the classes (the training's dataset mIoU, torchmetrics' Jaccard index)."""
+    from service.training.metrics import DatasetIoU
+
+    metric = DatasetIoU([str(c) for c in range(classes)])
+    metric.update(torch.from_numpy(pred), torch.from_numpy(truth))
+    return metric.compute().miou
 
 
 def huge_png_header(width: int, height: int) -> bytes:

@@ -76,11 +76,6 @@ def model_info(spec: ModelSpec, digest: str | None) -> dict[str, Any]:
     }
     if spec.input.max_size is not None:
         info["input"]["max_size"] = spec.input.max_size
-    # JSON only for now (the gRPC ModelInfo has no fields for them yet): the largest image, the tiling.
-    if spec.input.max_pixels is not None:
-        info["max_pixels"] = spec.input.max_pixels
-    if spec.input.tile is not None:
-        info["tile"] = spec.input.tile.model_dump()
     if spec.instance is not None:
         info["instance"] = spec.instance.model_dump()
     return info
