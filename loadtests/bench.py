@@ -15,6 +15,8 @@ model, images and load generator, on one machine, in one run.
    models plus a ``null`` model (a 1x1 conv: the same pipeline with near-zero compute), label maps
    checked, then the sweep over HTTP (PNG body, as the peers), HTTP with the JSON answer, and gRPC;
    batch sizes from the metrics endpoint.
+   Then the large-image point (``large.py``): one ``--large-image`` picture (4096 px) through a tiled
+   model at full resolution, served over HTTP vs the same tiling in this process, in megapixels/s.
 4. Writes ``loadtests/results/<date>-<machine>.json``, ``.md`` and PNG plots (``report.py``).
 
 Models whose weights are missing are skipped (and listed in the report). ``--url``/``--grpc-target``
@@ -99,6 +101,7 @@ def results_of(args, plan: Plan, measured: dict[str, Any], meta: dict, started: 
         for key in ("quick", "protocols", "concurrency", "duration_s", "warmup_s", "raw_duration_s")
     }
     config.update(image_size=args.image_size, seed=args.seed, timeout_s=args.timeout_s)
+    config.update(large_image=args.large_image)
     config.update(models=measured["models"], null_model=measured["null_name"], external_service=args.url)
     config.update(peers=args.peers, peer_models=measured["peer_models"], peer_args=args.peer_args)
     results = {
@@ -111,6 +114,7 @@ def results_of(args, plan: Plan, measured: dict[str, Any], meta: dict, started: 
         "served": measured.get("served", []),
         "metrics": measured.get("metrics", {}),
         "label_maps": measured.get("label_maps", {}),
+        "large": measured.get("large"),
         "elapsed_s": time.monotonic() - started,
     }
     results["failures"] = labelmaps.failures(results)

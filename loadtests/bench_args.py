@@ -20,6 +20,7 @@ FULL = {
     "raw_batch_sizes": "",  # powers of two up to each model's max_batch_size, and the max
     "raw_layouts": "",  # default_layouts(cpus, replica threads)
     "metrics_settle_s": 15.0,
+    "large_image": 4096,
 }
 QUICK = {
     "concurrency": "1,4",
@@ -29,6 +30,7 @@ QUICK = {
     "raw_batch_sizes": "1,2",
     "raw_layouts": "",  # only the replicas' own layout in quick mode
     "metrics_settle_s": 0.0,
+    "large_image": 2048,  # the shipped tiled models tile from 2048 px
 }
 
 
@@ -70,6 +72,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gpus-per-replica", type=float, default=None, help="num_gpus of each model's replicas (GPU runs)"
     )
+    p.add_argument(
+        "--large-image", type=int, default=None, help="side of the large-image point (4096; 0: none)"
+    )
+    p.add_argument("--large-model", default=None, help="the tiled model of that point (default: the first)")
     p.add_argument("--url", default=None, help="measure a running service at this HTTP URL instead")
     p.add_argument("--grpc-target", default=None, help="... and this gRPC target")
     p.add_argument("--metrics-url", default=None, help="... and this metrics endpoint")

@@ -125,3 +125,48 @@ class Workload:
         model = self.models.pick(rng)
         images = self.images[self.sizes.pick(rng)]
         return model, images[rng.randrange(len(images))]
+
+
+def shapes_mosaic(height: int, width: int, seed: int = 0, cell: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A large "photo full of shapes" at the shapes models' training scale: seeded ``cell`` x ``cell``
+    shapes samples side by side (each with its own background; shapes of radius ~11-26 px, as the
+    models saw them), cut to ``height`` x ``width``. Returns the image uint8 [H, W, 3] and its ground
+    truth uint8 [H, W] class ids."""
+    from service.training.shapes import make_sample
+
+    rows, cols = -(-height // cell), -(-width // cell)
+    image = np.empty((rows * cell, cols * cell, 3), np.uint8)
+    truth = np.empty((rows * cell, cols * cell), np.uint8)
+    rng = np.random.default_rng(seed)
+    for r in range(rows):
+        for c in range(cols):
+            sample = make_sample(int(rng.integers(1 << 31)), (cell, cell))
+            image[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = sample.image
+            truth[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = sample.semantic
+    return np.ascontiguousarray(image[:height, :width]), np.ascontiguousarray(truth[:height, :width])
+
+
+def shapes_scene(height: int, width: int, seed: int = 0, cell: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A large picture full of shapes at the shapes models' training scale, on one continuous background
+    (a mosaic of samples would add straight seams between backgrounds, which the models read as
+    rectangle edges): the background of a shapes sample of the whole size, drawn without shapes; on it,
+    for every ``cell`` x ``cell`` square, the shapes of a seeded ``cell``-sized sample (radius ~11-26 px
+    at the default 128, as in training) that lie wholly inside it, with their fill, noise and edges.
+    Returns the image uint8 [H, W, 3] and its ground truth uint8 [H, W] class ids."""
+    from service.training.shapes import ShapesConfig, make_sample
+
+    rng = np.random.default_rng(seed)
+    image = make_sample(
+        int(rng.integers(1 << 31)), (height, width), ShapesConfig(min_shapes=0, max_shapes=0)
+    ).image
+    truth = np.zeros((height, width), np.uint8)
+    for top in range(0, height - cell + 1, cell):
+        for left in range(0, width - cell + 1, cell):
+            sample = make_sample(int(rng.integers(1 << 31)), (cell, cell))
+            ids = sample.instances
+            border = set(np.unique(np.concatenate([ids[0], ids[-1], ids[:, 0], ids[:, -1]]))) | {0}
+            keep = ~np.isin(ids, list(border))
+            window = (slice(top, top + cell), slice(left, left + cell))
+            image[window][keep] = sample.image[keep]
+            truth[window][keep] = sample.semantic[keep]
+    return image, truth

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loadtests import plots, report_peers
+from loadtests import large, plots, report_peers
 from loadtests import report_sections as sections
 from loadtests.common import fmt, md_table
 from loadtests.comparison import comparison
@@ -109,6 +109,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += sections.served_table(served, raw) + sections.stages_table(served)
         lines += cpu_table(served) + sections.errors_list(served) + [""]
     lines += sections.batch_section(results.get("metrics", {}).get("mean_batch_size", {}))
+    lines += large.section(results.get("large"))
     return "\n".join(lines + sections.plots_section(results.get("plots", [])))
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loadtests import closed_loop, labelmaps, proc_cpu, promparse
+from loadtests import closed_loop, labelmaps, large, proc_cpu, promparse
 from loadtests.common import log
 from loadtests.local_service import LocalService
 from loadtests.peers.phase import sweep_settings
@@ -25,18 +25,22 @@ def run_ours(args, repository: Path, models: list[str], images, references: dict
     """``{"served": rows, "metrics": ..., "label_maps": {model: check}}`` for our service."""
     if args.url:  # a service deployed elsewhere may serve other weights: its label maps are not checked
         ours = Endpoints(args.url, args.grpc_target, args.metrics_url)
-        return run_served(args, ours, models, images, {}, proc_cpu.Roles())
+        return run_served(args, ours, models, images, {}, proc_cpu.Roles(), args.repository)
     app_args = {"topology": args.topology} if args.topology else {}
+    if args.large_image:
+        app_args["limits"] = large_image_limits()
     service = LocalService(repository, models, args.num_cpus, app_args)
     try:
         # Only the processes this benchmark started count as ours (the machine may run other clusters).
         roles = proc_cpu.Roles(outside_by_name=False)
-        return run_served(args, service, models, images, references, roles)
+        return run_served(args, service, models, images, references, roles, repository)
     finally:
         service.stop()
 
 
-def run_served(args, ours, models, images, references: dict, roles: proc_cpu.Roles) -> dict[str, Any]:
+def run_served(
+    args, ours, models, images, references: dict, roles: proc_cpu.Roles, repository: Path
+) -> dict[str, Any]:
     maps = {m: labelmaps.check(ours.url, m, images, references[m]) for m in models if m in references}
     for model, check in maps.items():
         if check["mismatches"]:
@@ -61,7 +65,26 @@ def run_served(args, ours, models, images, references: dict, roles: proc_cpu.Rol
         log(f"waiting {args.metrics_settle_s:g} s for Ray's metrics export ...")
         time.sleep(args.metrics_settle_s)
     metrics = batch_metrics(ours.metrics_url, before, _scrape(ours.metrics_url))
-    return {"served": served, "metrics": metrics, "label_maps": maps}
+    out = {"served": served, "metrics": metrics, "label_maps": maps}
+    model = args.large_model or large.tiled_model(repository, models)
+    if args.large_image and model:
+        repeats = 1 if args.quick else 2
+        out["large"] = large.run_large(
+            ours.url, repository, model, args.large_image, repeats, LARGE_TIMEOUT_S
+        )
+    return out
+
+
+# A large picture on a CPU takes tens of seconds: the app's deadline is raised to just below the HTTP
+# proxy's own request timeout (http_options.request_timeout_s, 60 s in deploy/serve_config.yaml).
+LARGE_TIMEOUT_S = 59.0
+
+
+def large_image_limits() -> dict[str, Any]:
+    from service.local import load_serve_config
+
+    limits = load_serve_config()["applications"][0].get("args", {}).get("limits", {})
+    return {**limits, "request_timeout_s": LARGE_TIMEOUT_S}
 
 
 def batch_metrics(url: str | None, before: dict | None, after: dict | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,47 @@ class ClassSpec(Strict):
         return color
 
 
+class TilePolicy(Strict):
+    """Large images at full resolution: cut into overlapping tiles that go through the model's batcher
+    like any other input, their logits blended with ``blend`` weights and reduced to labels band by band
+    (``service/imaging/tiling.py``; docs/operations.md, "Large images"). Semantic models only."""
+
+    min_side: int = Field(2048, ge=16)
+    """Images whose longer side, at ``scale``, is at least this many pixels are tiled; smaller ones take
+    the input ``mode``'s path (letterbox, ...) exactly as without a tile section."""
+    size: int = Field(256, ge=16, le=4096)
+    """Tile side in model-input pixels, a multiple of ``input.size_divisor``. Tiles start on multiples of
+    the divisor too, so a network that pools sees the same pixel grid as on the whole image."""
+    overlap: float = Field(0.25, ge=0)
+    """Overlap of neighbouring tiles: a fraction of ``size`` below 1, pixels from 1 up. The stride
+    (``size`` - overlap) is rounded down to a multiple of ``input.size_divisor``."""
+    margin: int = Field(0, ge=0)
+    """Pixels along each tile's inner edges (those a neighbouring tile covers) whose outputs are dropped:
+    where zero padding changes a network's answer. At most half the overlap (a little less when
+    ``scale`` is not 1: resampling reads two neighbouring pixels)."""
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    """How overlapping logits are averaged: weights peaking at the tile centre (``sigma``), or equal."""
+    sigma: float = Field(0.125, gt=0, le=1)
+    """gaussian: standard deviation as a fraction of the tile side (MONAI's ``sigma_scale``)."""
+    scale: float = Field(1.0, gt=0, le=4)
+    """1 keeps the native resolution (objects at the size the client sent them); another factor resizes
+    the image first (0.5: half each side), for images finer than the model's training data. Labels always
+    come back at the size sent."""
+    memory_budget_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    """Bound on one request's blending buffers on the model's device: two bands of float32 logits,
+    ``classes x (tile rows of two tile rows) x width``. Wider images are blended in column blocks whose
+    border tiles run once per block."""
+    tiles_per_request: int = Field(4, ge=1, le=256)
+    """Tiles of one request queued or in a forward at once: its share of each batch, so small requests
+    of other clients that queued meanwhile run in the next forward instead of after the whole image."""
+
+    def overlap_pixels(self, divisor: int) -> int:
+        """The overlap after the stride is rounded down to a multiple of ``divisor``."""
+        asked = self.overlap * self.size if self.overlap < 1 else self.overlap
+        stride = max(divisor, (self.size - math.ceil(asked)) // divisor * divisor)
+        return self.size - stride
+
+
 class InputPolicy(Strict):
     """How the codec turns an arbitrary image into the model's input, and back."""
 
@@ -55,11 +97,20 @@ class InputPolicy(Strict):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     max_size: int | None = Field(None, ge=16, le=16384)
     """shortest_edge only: the cap on the longer side (None: no cap)."""
+    max_pixels: int | None = Field(None, ge=1)
+    """The largest image (width x height as sent) this model segments: larger ones get 413 from the
+    image header, before any decoding, with a message naming this limit. None: only the app's
+    ``limits.max_image_pixels``. For a tiled model, the largest image it tiles; for a model that
+    resizes, the size past which its answers lose what the client sent (panoptic-shapes)."""
+    tile: TilePolicy | None = None
+    """Tile large images at full resolution instead of resizing them (semantic models)."""
 
     @model_validator(mode="after")
     def _check_max_size(self) -> InputPolicy:
         if self.max_size is not None and self.mode != "shortest_edge":
             raise ValueError(f"max_size is for mode shortest_edge (mode is {self.mode})")
+        if self.tile is not None:
+            _check_tile(self.tile, self.size_divisor)
         return self
 
     @field_validator("std")
@@ -68,6 +119,19 @@ class InputPolicy(Strict):
         if not all(s > 0 for s in std):
             raise ValueError(f"std must be positive, got {std}")
         return std
+
+
+def _check_tile(tile: TilePolicy, divisor: int) -> None:
+    if tile.size % divisor:
+        raise ValueError(f"tile.size {tile.size} must be a multiple of size_divisor {divisor}")
+    overlap = tile.overlap_pixels(divisor)
+    # Every pixel must get a tile that does not drop it; resampling (scale != 1) reads two neighbours.
+    needed = 2 * tile.margin + (0 if tile.scale == 1.0 else 2)
+    if overlap < needed:
+        raise ValueError(
+            f"tile.margin {tile.margin} needs an overlap of at least {needed} px (2 x margin"
+            f"{'' if tile.scale == 1.0 else ' + 2 when scale is not 1'}); the overlap is {overlap} px"
+        )
 
 
 class BatchingSpec(Strict):
@@ -223,6 +287,11 @@ class ModelSpec(Strict):
         if self.task == "panoptic" and (self.format != "pytorch" or self.output != OutputSpec()):
             raise ValueError("a panoptic model is a pytorch panoptic_unet (its outputs are a fixed dict)")
         _check_instance_task(self)
+        if self.input.tile is not None and self.task != "semantic":
+            raise ValueError(
+                f"input.tile is for semantic models; a {self.task} model's instances would be cut at tile "
+                "borders (ids would not be stitched): give it input.max_pixels, its largest image, instead"
+            )
         return self
 
     @property

@@ -22,6 +22,7 @@ from service.imaging.encode import (
 from service.imaging.geometry import Geometry, fit_to_policy
 from service.imaging.instance import Instances, class_pixels, describe_instances
 from service.imaging.overlay import blend_overlay, palette
+from service.imaging.tiling import scale_for_tiles, wants_tiles
 from service.types import (
     ClassPresence,
     ImageInput,
@@ -42,9 +43,12 @@ def prepare_image(
     t0 = time.perf_counter()
     check_format(spec, options)
     check_content_type(content_type)
-    image = decode_image(body, max_pixels=limits.max_image_pixels)
+    image = decode_for_model(body, spec, limits)
     t1 = time.perf_counter()
-    pixels, geometry = fit_to_policy(image, spec.input)
+    # Large images of a model with a tile policy keep their resolution (at the tile scale): the model's
+    # worker cuts them into tiles. Others are fitted to the input policy as one model input.
+    tiled = wants_tiles(image.shape[0], image.shape[1], spec.input)
+    pixels, geometry = scale_for_tiles(image, spec.input) if tiled else fit_to_policy(image, spec.input)
     t2 = time.perf_counter()
     return PreparedImage(
         pixels=pixels,
@@ -52,6 +56,7 @@ def prepare_image(
         options=options,
         original=image if options.overlay else None,
         timings_ms={"decode": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000},
+        tiled=tiled,
     )
 
 
@@ -64,10 +69,8 @@ def prepare_tensor(
     t0 = time.perf_counter()
     check_format(spec, options)
     height, width = image.pixels.shape[:2]
-    if height * width > limits.max_image_pixels:
-        raise PayloadTooLarge(
-            f"image of {width}x{height} pixels is over the limit of {limits.max_image_pixels} pixels"
-        )
+    check_pixels(height, width, spec, limits)
+    tiled = False
     if image.normalized:
         d = spec.input.size_divisor
         if height % d or width % d:
@@ -77,12 +80,42 @@ def prepare_tensor(
             )
         pixels, geometry = image.pixels, Geometry((height, width), (height, width), (height, width))
     else:
-        pixels, geometry = fit_to_policy(image.pixels, spec.input)
+        tiled = wants_tiles(height, width, spec.input)
+        fit = scale_for_tiles if tiled else fit_to_policy
+        pixels, geometry = fit(image.pixels, spec.input)
     original = image.pixels if options.overlay and not image.normalized else None
     timings = {"preprocess": (time.perf_counter() - t0) * 1000}  # no decode: its histogram stays honest
     return PreparedImage(
-        pixels=pixels, geometry=geometry, options=options, original=original, timings_ms=timings
+        pixels=pixels, geometry=geometry, options=options, original=original, timings_ms=timings, tiled=tiled
     )
+
+
+def check_pixels(height: int, width: int, spec: ModelSpec, limits: Limits) -> None:
+    """A tensor's size under the app's pixel limit and the model's ``input.max_pixels`` (413)."""
+    if height * width > limits.max_image_pixels:
+        raise PayloadTooLarge(
+            f"image of {width}x{height} pixels is over the limit of {limits.max_image_pixels} pixels"
+        )
+    limit = spec.input.max_pixels
+    if limit is not None and height * width > limit:
+        raise PayloadTooLarge(
+            f"image of {width}x{height} pixels: model {spec.name!r} segments images of up to {limit} "
+            "pixels (its input.max_pixels)"
+        )
+
+
+def decode_for_model(body: bytes, spec: ModelSpec, limits: Limits) -> np.ndarray:
+    """``decode_image`` under the smaller of the app's pixel limit and the model's ``input.max_pixels``,
+    both checked from the header before any decoding (413 naming the limit that refused it)."""
+    limit = spec.input.max_pixels
+    if limit is None or limit >= limits.max_image_pixels:
+        return decode_image(body, max_pixels=limits.max_image_pixels)
+    try:
+        return decode_image(body, max_pixels=limit)
+    except PayloadTooLarge as e:
+        raise PayloadTooLarge(
+            f"{e}: model {spec.name!r} segments images of up to {limit} pixels (its input.max_pixels)"
+        ) from None
 
 
 def check_format(spec: ModelSpec, options: SegmentOptions) -> None:

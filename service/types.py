@@ -76,6 +76,9 @@ class PreparedImage:
     options: SegmentOptions
     original: np.ndarray | None = None  # uint8 [H, W, 3], kept only when an overlay is asked for
     timings_ms: dict[str, float] = field(default_factory=dict)
+    tiled: bool = False
+    """A large image for the model's tile policy: ``pixels`` is the whole image at the tile scale
+    (``geometry.scaled``, not padded), cut into tiles by the model's worker (``service/tiled.py``)."""
 
 
 @dataclass

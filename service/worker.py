@@ -18,6 +18,7 @@ from service.codec import CodecStage
 from service.config import Limits, ModelSpec
 from service.errors import DeadlineExceeded, ModelFailure, Overloaded
 from service.models.runners import build_runner
+from service.tiled import TiledRequest
 from service.types import ImageInput, PreparedImage, Segmentation, SegmentOptions, SegmentResult
 
 
@@ -44,7 +45,13 @@ class ModelWorker:
         self.metrics.update(self.runner)
 
     async def segment(self, prepared: PreparedImage) -> Segmentation:
-        return await self.batcher.submit((prepared, time.perf_counter()))
+        if prepared.tiled:
+            # A large image: its tiles go through the same batcher, a few at a time (tile.tiles_per_request).
+            return await TiledRequest(self.spec, self.runner, prepared, self.metrics).run(self._submit)
+        return await self._submit(prepared)
+
+    async def _submit(self, item: Any) -> Any:
+        return await self.batcher.submit((item, time.perf_counter()))
 
     async def segment_image(
         self, body: ImageInput, content_type: str | None, options: SegmentOptions
@@ -63,8 +70,9 @@ class ModelWorker:
         finally:
             self.admitted -= 1
 
-    async def _run_batch(self, queued: list[tuple[PreparedImage, float]]) -> list[Segmentation | Exception]:
-        """One batch: (prepared image, time it was queued) pairs in, one result or error per item out."""
+    async def _run_batch(self, queued: list[tuple[Any, float]]) -> list[Any]:
+        """One batch: (prepared image or tile, time it was queued) pairs in, one result or error per item
+        out (a tile's result is its logits, ``TileLogits``)."""
         self.metrics.queue_length(self.batcher.queued())
         # Work whose deadline already passed is dropped here, before it costs a forward pass.
         now = time.time()

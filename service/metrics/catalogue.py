@@ -31,6 +31,8 @@ BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 6
 PIXEL_BUCKETS: tuple[float, ...] = tuple(float(4**k) for k in range(6, 15))
 # Bytes, x4 steps: 256 B .. 256 MiB, above the 32 MiB body limit.
 BYTE_BUCKETS: tuple[float, ...] = tuple(float(4**k) for k in range(4, 15))
+# Tiles of one request, x2 steps: 1 .. 32768 (a 178-megapixel image in 256-pixel tiles is ~4900).
+TILE_BUCKETS: tuple[float, ...] = tuple(float(2**k) for k in range(0, 16))
 
 # --- the metrics --------------------------------------------------------------------------------
 
@@ -169,6 +171,38 @@ MODEL_READY = MetricSpec(
     ("model", "task", "version", "weights_digest", "device"),
 )
 
+TILES = MetricSpec(
+    "seg_tiles",
+    "counter",
+    "Tiles forwarded (exact; with the images, what the forward passes carried: images per forward = "
+    "(forward-stage observations + tiles) / forward passes).",
+    ("model",),
+)
+TILES_PER_REQUEST = MetricSpec(
+    "seg_tiles_per_request",
+    "histogram",
+    "Tiles one tiled request ran through the model (large images of a model with a tile policy; tiles "
+    "on the border of two column blocks count twice).",
+    ("model",),
+    TILE_BUCKETS,
+)
+TILES_PER_FORWARD = MetricSpec(
+    "seg_tiles_per_forward",
+    "histogram",
+    "Tiles in one forward pass that carried tiles (of one or several requests; whole images of the same "
+    "shape may share it).",
+    ("model",),
+    BATCH_SIZE_BUCKETS,
+)
+BLEND_DURATION = MetricSpec(
+    "seg_blend_duration_seconds",
+    "histogram",
+    "Time to blend one band of a tiled request: weighing and adding its tiles' logits at the original "
+    "resolution and the argmax of the rows it finished (device-side tensor work, in a worker thread).",
+    ("model",),
+    LATENCY_BUCKETS_S,
+)
+
 METRICS: tuple[MetricSpec, ...] = (
     REQUESTS,
     IN_FLIGHT,
@@ -185,6 +219,10 @@ METRICS: tuple[MetricSpec, ...] = (
     DEVICE_MEMORY,
     DEVICE_MEMORY_PEAK,
     MODEL_READY,
+    TILES,
+    TILES_PER_REQUEST,
+    TILES_PER_FORWARD,
+    BLEND_DURATION,
 )
 STAGES: tuple[str, ...] = ("decode", "preprocess", "queue", "forward", "postprocess", "encode")
 UNKNOWN_MODEL = "_unknown"  # the label of requests for models that are not served (not a valid name)
@@ -196,6 +234,7 @@ __all__ = [
     "BATCH_QUEUE",
     "BATCH_SIZE",
     "BATCH_SIZE_BUCKETS",
+    "BLEND_DURATION",
     "BYTE_BUCKETS",
     "DEVICE_MEMORY",
     "DEVICE_MEMORY_PEAK",
@@ -215,6 +254,10 @@ __all__ = [
     "RESPONSE_SIZE",
     "STAGES",
     "STAGE_DURATION",
+    "TILES",
+    "TILES_PER_FORWARD",
+    "TILES_PER_REQUEST",
+    "TILE_BUCKETS",
     "UNKNOWN_MODEL",
     "Kind",
     "MetricSpec",

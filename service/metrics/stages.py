@@ -12,6 +12,7 @@ from service.metrics.catalogue import (
     BATCH_PIXELS,
     BATCH_QUEUE,
     BATCH_SIZE,
+    BLEND_DURATION,
     DEVICE_MEMORY,
     DEVICE_MEMORY_PEAK,
     IMAGE_PIXELS,
@@ -19,6 +20,9 @@ from service.metrics.catalogue import (
     INPUT_PIXELS,
     MODEL_READY,
     STAGE_DURATION,
+    TILES,
+    TILES_PER_FORWARD,
+    TILES_PER_REQUEST,
 )
 from service.metrics.sinks import Sink, _record
 
@@ -50,6 +54,10 @@ def record_encoded(result: Any, sink: Sink | None = None) -> None:
 
 
 # --- segmenter ----------------------------------------------------------------------------------
+
+
+def _is_tile(item: Any) -> bool:
+    return getattr(item, "is_tile", False)  # service.models.inference.TileInput (no torch import here)
 
 
 def weights_digest(path: str | None) -> str:
@@ -84,15 +92,33 @@ class SegmenterMetrics:
     def on_group(
         self, items: Sequence[Any], queued_s: Sequence[float], forward_s: float, postprocess_s: float
     ) -> None:
-        """One forward pass of ``items``: batch size and pixels, and each item's stage times."""
+        """One forward pass of ``items``: batch size and pixels, and each item's stage times (a tile's
+        are its request's, observed once by ``tiled_request``)."""
         tags = {"model": self.model}
         _record(BATCH_SIZE, len(items), tags, self.sink)
         pixels = sum(int(it.pixels.shape[0]) * int(it.pixels.shape[1]) for it in items)
         _record(BATCH_PIXELS, pixels, tags, self.sink)
-        for queued in queued_s:
+        tiles = sum(1 for it in items if _is_tile(it))
+        if tiles:
+            _record(TILES, tiles, tags, self.sink)
+            _record(TILES_PER_FORWARD, tiles, tags, self.sink)
+        for item, queued in zip(items, queued_s, strict=True):
+            if _is_tile(item):
+                continue
             _stage(self.model, "queue", max(queued, 0.0), self.sink)
             _stage(self.model, "forward", forward_s, self.sink)
             _stage(self.model, "postprocess", postprocess_s, self.sink)
+
+    def tiled_request(self, tiles: int, timings_ms: dict[str, float], bands_s: Sequence[float]) -> None:
+        """A tiled request done: its tiles, its stage times (queue: its first tile's wait; postprocess: its
+        blending; no forward: its tiles' forwards are counted as tiles, see ``TILES``) and each band's
+        blending time."""
+        tags = {"model": self.model}
+        _record(TILES_PER_REQUEST, tiles, tags, self.sink)
+        for stage in ("queue", "postprocess"):
+            _stage(self.model, stage, timings_ms[stage] / 1000, self.sink)
+        for seconds in bands_s:
+            _record(BLEND_DURATION, seconds, tags, self.sink)
 
     def after_batch(self, runner: Any, healthy: bool = True) -> None:
         """After each batch: ``update`` at most once a second (under load, batches come every few

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 from service.config import ModelSpec
 from service.imaging.restore import restore_labels
 from service.models.registry import normalize, select_output
-from service.types import PreparedImage, Segmentation
+from service.types import PreparedImage, Segmentation, SegmentOptions
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -44,6 +45,32 @@ def configure_threads(threads: int) -> int:
     """Torch intra-op threads for this process (Ray sets OMP_NUM_THREADS=1 in replicas)."""
     torch.set_num_threads(threads)
     return threads
+
+
+@dataclass
+class TileInput:
+    """One tile of a tiled request (``service.worker``): a batch item beside ``PreparedImage``s. Its
+    forward's logits come back as a ``TileLogits`` instead of being reduced to labels."""
+
+    pixels: np.ndarray  # uint8 [th, tw, 3]
+    options: SegmentOptions
+    index: tuple[int, int]  # (tile row, tile column) in its request's grid
+    is_tile: ClassVar[bool] = True  # what the metrics look at (they import no torch)
+
+
+@dataclass
+class TileLogits:
+    """A tile's class scores ``[C, th, tw]`` on the model's device, and what its forward cost."""
+
+    logits: torch.Tensor
+    index: tuple[int, int]
+    queue_s: float
+    forward_s: float
+    batch_size: int
+    started: float  # when its forward started (perf_counter): tiles of one forward share it
+
+
+Item = PreparedImage | TileInput
 
 
 @dataclass
@@ -77,7 +104,7 @@ class Runner:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _to_device(self, items: Sequence[PreparedImage]) -> torch.Tensor:
+    def _to_device(self, items: Sequence[Item]) -> torch.Tensor:
         if items[0].pixels.dtype == np.float32:  # already normalized (groups never mix dtypes)
             return self._normalized_to_device(items)
         batch = torch.from_numpy(np.stack([item.pixels for item in items]))
@@ -113,57 +140,95 @@ class Runner:
         """What ``postprocess`` takes from the network's return: the class scores the entry names."""
         return select_output(raw, self.spec.output)
 
-    def run(self, items: list[PreparedImage], queued_at: list[float]) -> list[Segmentation]:
-        """Segment a batch; results come back in the order of ``items``."""
+    def run(self, items: list[Item], queued_at: list[float]) -> list[Segmentation | TileLogits]:
+        """Segment a batch; results come back in the order of ``items`` (tiles: their logits)."""
         started = time.perf_counter()
-        results: list[Segmentation | None] = [None] * len(items)
+        results: list[Segmentation | TileLogits | None] = [None] * len(items)
         for group in self.groups(items):
             t0 = time.perf_counter()
+            members = [items[i] for i in group]
             with torch.inference_mode():
-                x = self._to_device([items[i] for i in group])
+                x = self._to_device(members)
                 out = self.forward(x)
                 self._sync()
                 t1 = time.perf_counter()
-                output = self.postprocess(out, [items[i] for i in group])
+                images = [k for k, item in enumerate(members) if not isinstance(item, TileInput)]
+                output = self._postprocess_images(out, members, images)
                 self._sync()
             t2 = time.perf_counter()
             if self.on_group is not None:
-                self.on_group(
-                    [items[i] for i in group], [started - queued_at[i] for i in group], t1 - t0, t2 - t1
-                )
+                self.on_group(members, [started - queued_at[i] for i in group], t1 - t0, t2 - t1)
             for k, i in enumerate(group):
                 item = items[i]
-                timings = {
-                    **item.timings_ms,
-                    "queue": (started - queued_at[i]) * 1000,
-                    "forward": (t1 - t0) * 1000,
-                    "postprocess": (t2 - t1) * 1000,
-                }
-                extras = output.extras[k]
-                results[i] = Segmentation(
-                    labels=output.labels[k],
-                    options=item.options,
-                    original=item.original,
-                    timings_ms=timings,
-                    batch_size=len(group),
-                    panoptic=extras.get("panoptic"),
-                    segments=extras.get("segments", []),
-                    instances=extras.get("instances"),
+                if isinstance(item, TileInput):
+                    # Tiles leave the logits on the device; the request's blender weighs and adds them.
+                    queue_s = started - queued_at[i]
+                    results[i] = TileLogits(out[k], item.index, queue_s, t1 - t0, len(group), t0)
+                    continue
+                n = images.index(k)
+                results[i] = self._segmentation(
+                    item, output, n, len(group), started - queued_at[i], t1 - t0, t2 - t1
                 )
         return results  # type: ignore[return-value]
 
-    def groups(self, items: Sequence[PreparedImage]) -> Iterator[list[int]]:
-        """Indices grouped by input shape, each group within max_batch_size and the pixel budget."""
+    @staticmethod
+    def _segmentation(
+        item: PreparedImage,
+        output: GroupOutput,
+        n: int,
+        batch: int,
+        queue_s: float,
+        forward_s: float,
+        post_s: float,
+    ) -> Segmentation:
+        extras = output.extras[n]
+        return Segmentation(
+            labels=output.labels[n],
+            options=item.options,
+            original=item.original,
+            timings_ms={
+                **item.timings_ms,
+                "queue": queue_s * 1000,
+                "forward": forward_s * 1000,
+                "postprocess": post_s * 1000,
+            },
+            batch_size=batch,
+            panoptic=extras.get("panoptic"),
+            segments=extras.get("segments", []),
+            instances=extras.get("instances"),
+        )
+
+    def _postprocess_images(
+        self, out: torch.Tensor | dict, members: list[Item], images: list[int]
+    ) -> GroupOutput:
+        """``postprocess`` for the whole images of a group (only semantic models have tiles to leave out)."""
+        if len(images) == len(members):
+            return self.postprocess(out, members)  # type: ignore[arg-type]
+        if not images:
+            return GroupOutput([], [])
+        assert isinstance(out, torch.Tensor)
+        picked = out[torch.tensor(images, device=out.device)]
+        return self.postprocess(picked, [members[k] for k in images])  # type: ignore[misc]
+
+    def groups(self, items: Sequence[Item]) -> Iterator[list[int]]:
+        """Indices grouped by input shape, each group within max_batch_size and the pixel budget.
+
+        Groups holding a whole image run before groups of tiles only, so a small request that shares a
+        batch with large requests' tiles does not wait for their forward as well as its own.
+        """
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             # The dtype too: uint8 images and already normalized float tensors are stacked apart.
             by_shape[(*item.pixels.shape, item.pixels.dtype.str)].append(i)
         budget = self.spec.batching.max_batch_pixels
         limit = self.spec.batching.max_batch_size
+        chunks = []
         for shape, indices in by_shape.items():
             per_batch = max(1, min(limit, budget // max(1, shape[0] * shape[1])))
-            for start in range(0, len(indices), per_batch):
-                yield indices[start : start + per_batch]
+            chunks += [indices[start : start + per_batch] for start in range(0, len(indices), per_batch)]
+        tiles_only = [all(isinstance(items[i], TileInput) for i in chunk) for chunk in chunks]
+        yield from (c for c, only in zip(chunks, tiles_only, strict=True) if not only)
+        yield from (c for c, only in zip(chunks, tiles_only, strict=True) if only)
 
     def warm_up(self) -> None:
         """One forward at the input size, so the first request does not pay for lazy initialisation."""
