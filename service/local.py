@@ -1,13 +1,11 @@
-"""Run the service on a local Ray (``make serve`` / ``segserve serve``) and in tests."""
+"""Start Ray and Serve on this machine: the service process of ``segserve serve``
+(``service/lifecycle/session.py``), the integration tests and the benchmark."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -121,39 +119,3 @@ def deploy(config: dict[str, Any] | None = None, args_override: dict[str, Any] |
         logging_config=config.get("logging_config"),  # JSON lines, as in the cluster config
     )
     return app["name"]
-
-
-def serve_forever(host: str, port: int, grpc_port: int, metrics_port: int) -> None:
-    import ray
-    from ray import serve
-
-    print(
-        f"starting Ray and Serve (HTTP {host}:{port}, gRPC {host}:{grpc_port}, metrics :{metrics_port}) ..."
-    )
-    try:
-        start_local(host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port)
-        deploy()
-    except KeyboardInterrupt:
-        print("interrupted while starting; shutting down ...", flush=True)
-        serve.shutdown()
-        ray.shutdown()
-        return
-    base = f"http://{host}:{port}"
-    print(
-        f"\nsegserve is ready.\n"
-        f"  HTTP     {base}   (models: curl {base}/v1/models)\n"
-        f"  gRPC     {host}:{grpc_port}   (segmentation.v1.Segmentation)\n"
-        f"  metrics  http://{host}:{metrics_port}/metrics\n\n"
-        f"Try:\n"
-        f"  curl -s --data-binary @docs/examples/shapes.png -H 'Content-Type: image/png' \\\n"
-        f"       '{base}/v1/models/unet-shapes/segment?overlay=true' | head -c 600\n\n"
-        f"Ctrl-C stops it.\n",
-        flush=True,
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
-    print("shutting down ...", flush=True)
-    serve.shutdown()
-    ray.shutdown()
