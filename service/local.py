@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import tempfile
 from pathlib import Path
@@ -32,9 +33,30 @@ RAY_SERVE_ENV: dict[str, str] = {
 
 
 def free_port() -> int:
+    """A port free now, for a server to bind later: outside the kernel's ephemeral range when it can,
+    because a port the kernel hands out (``bind(0)``) is as likely to be taken meanwhile by some
+    program's outgoing connection (measured: HAProxy's metrics port, chosen that way, was taken
+    before HAProxy started, and the service failed to start)."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10000, 30000) if not low <= p <= high]
+    for port in random.sample(candidates, 50) if candidates else []:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; other systems differ, and only lose the preference
 
 
 def local_ray_env() -> dict[str, str]:

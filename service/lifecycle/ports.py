@@ -36,7 +36,11 @@ def check_ports(checks: list[PortCheck], wait_stale_s: float, say: Callable[[str
             return None
         check = busy[0]
         holders = [holder(pid) for pid in listeners(check.port)]
-        stale = bool(holders) and all(h.kind in ("stopping", "leftover") for h in holders)
+        # A session we are waiting for lets go of its sockets as its processes end: a holder that is
+        # gone, or none listed while the port is not yet free, is that too.
+        stale = all(h.kind in ("stopping", "leftover", "gone") for h in holders) and bool(
+            holders or waiting_for
+        )
         if not stale or time.monotonic() >= deadline:
             return busy_message(check, holders, waited=stale)
         sids = {h.sid for h in holders if h.sid} - waiting_for
@@ -61,7 +65,7 @@ def busy_message(check: PortCheck, holders: list[Holder], waited: bool = False) 
             f"{where} is in use by a running segserve serve (session {h.sid}): stop it first "
             f"(Ctrl-C in its terminal, or: kill -INT {h.supervisor}) {other}"
         )
-    if h.kind in ("stopping", "leftover"):
+    if h.kind in ("stopping", "leftover", "gone"):
         state = "still stopping after the wait" if waited else "stopping"
         return (
             f"{where} is held by {h.describe()} of an earlier segserve/Ray session ({state}); "

@@ -110,7 +110,7 @@ class Holder:
     kind: str
     """``running``: a segserve session whose supervisor is alive; ``stopping``: a segserve session whose
     supervisor is gone (it drains and stops on its own); ``leftover``: a Ray process of a session whose
-    leader is gone; ``other``: anything else."""
+    leader is gone; ``gone``: it ended since it was listed; ``other``: anything else."""
     sid: int | None = None
     supervisor: int | None = None
     command: str = ""
@@ -124,9 +124,9 @@ def holder(pid: int) -> Holder:
     """Classify the process ``pid`` that holds one of our ports."""
     try:
         proc = psutil.Process(pid)
-        name, command = proc.name(), " ".join(proc.cmdline())
-    except psutil.Error:
-        return Holder(pid, "a process that just ended", "other")
+        name, command = proc.name(), " ".join(proc.cmdline()).strip()
+    except psutil.Error:  # it ended since it was listed: whatever held the port is letting go of it
+        return Holder(pid, "a process that just ended", "gone")
     sid = sid_of(pid)
     leader = _process(sid)
     if leader is not None and SESSION_MODULE in _cmdline(leader):

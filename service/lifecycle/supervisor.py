@@ -60,7 +60,11 @@ class ServeOptions:
 
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    """Print; a closed terminal or pipe must not stop the stop."""
+    try:
+        print(message, flush=True)
+    except OSError:
+        pass
 
 
 def serve(options: ServeOptions) -> int:
