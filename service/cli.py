@@ -70,15 +70,24 @@ def _models_check(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.local import serve_forever
+    from service.lifecycle.supervisor import ServeOptions, serve
 
     if _models_check(argparse.Namespace(repository=DEFAULT_REPOSITORY, name=None, device=None, json=False)):
         return 1  # a bad entry stops here, before Ray starts, with the file, model and key named
-    serve_forever(args.host, args.port, args.grpc_port, args.metrics_port)
-    return 0
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        drain_timeout_s=args.drain_timeout_s,
+        wait_stale_s=args.wait_stale_s,
+    )
+    return serve(options)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from service.lifecycle.supervisor import ServeOptions as ServeDefaults
+
     parser = argparse.ArgumentParser(prog="segserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -123,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=9000)
     p.add_argument("--metrics-port", type=int, default=8080)
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=ServeDefaults.drain_timeout_s,
+        help="on Ctrl-C / SIGTERM, how long requests in flight get to finish (default %(default)s)",
+    )
+    p.add_argument(
+        "--wait-stale-s",
+        type=float,
+        default=ServeDefaults.wait_stale_s,
+        help="wait this long for an earlier segserve that is stopping to free the ports (%(default)s)",
+    )
     p.set_defaults(func=_serve)
     return parser
 

@@ -1,14 +1,12 @@
-"""Run the service on a local Ray (``make serve`` / ``segserve serve``) and in tests."""
+"""Start Ray and Serve on this machine: the service process of ``segserve serve``
+(``service/lifecycle/session.py``), the integration tests and the benchmark."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
 import socket
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +42,30 @@ DIRECT_INGRESS_WINDOWS = 50
 
 
 def free_port() -> int:
+    """A port free now, for a server to bind later: outside the kernel's ephemeral range when it can,
+    because a port the kernel hands out (``bind(0)``) is as likely to be taken meanwhile by some
+    program's outgoing connection (measured: HAProxy's metrics port, chosen that way, was taken
+    before HAProxy started, and the service failed to start)."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10000, 30000) if not low <= p <= high]
+    for port in random.sample(candidates, 50) if candidates else []:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; other systems differ, and only lose the preference
 
 
 def local_ray_env() -> dict[str, str]:
@@ -138,39 +157,3 @@ def deploy(config: dict[str, Any] | None = None, args_override: dict[str, Any] |
         logging_config=config.get("logging_config"),  # JSON lines, as in the cluster config
     )
     return app["name"]
-
-
-def serve_forever(host: str, port: int, grpc_port: int, metrics_port: int) -> None:
-    import ray
-    from ray import serve
-
-    print(
-        f"starting Ray and Serve (HTTP {host}:{port}, gRPC {host}:{grpc_port}, metrics :{metrics_port}) ..."
-    )
-    try:
-        start_local(host=host, port=port, grpc_port=grpc_port, metrics_port=metrics_port)
-        deploy()
-    except KeyboardInterrupt:
-        print("interrupted while starting; shutting down ...", flush=True)
-        serve.shutdown()
-        ray.shutdown()
-        return
-    base = f"http://{host}:{port}"
-    print(
-        f"\nsegserve is ready.\n"
-        f"  HTTP     {base}   (models: curl {base}/v1/models)\n"
-        f"  gRPC     {host}:{grpc_port}   (segmentation.v1.Segmentation)\n"
-        f"  metrics  http://{host}:{metrics_port}/metrics\n\n"
-        f"Try:\n"
-        f"  curl -s --data-binary @docs/examples/shapes.png -H 'Content-Type: image/png' \\\n"
-        f"       '{base}/v1/models/unet-shapes/segment?overlay=true' | head -c 600\n\n"
-        f"Ctrl-C stops it.\n",
-        flush=True,
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
-    print("shutting down ...", flush=True)
-    serve.shutdown()
-    ray.shutdown()
