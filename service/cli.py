@@ -72,8 +72,6 @@ def _models_check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from service.lifecycle.supervisor import ServeOptions, serve
 
-    if _models_check(argparse.Namespace(repository=DEFAULT_REPOSITORY, name=None, device=None, json=False)):
-        return 1  # a bad entry stops here, before Ray starts, with the file, model and key named
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -82,7 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout_s,
         wait_stale_s=args.wait_stale_s,
     )
-    return serve(options)
+    # A bad repository entry stops the start before Ray, with the file, model and key named.
+    check = argparse.Namespace(repository=DEFAULT_REPOSITORY, name=None, device=None, json=False)
+    return serve(options, preflight=lambda: _models_check(check) == 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,12 +67,17 @@ def say(message: str) -> None:
         print(message, flush=True)
 
 
-def serve(options: ServeOptions) -> int:
-    """Run the service until a signal stops it; the exit status (0 after an orderly stop)."""
+def serve(options: ServeOptions, preflight: Callable[[], bool] | None = None) -> int:
+    """Run the service until a signal stops it; the exit status (0 after an orderly stop).
+
+    ``preflight`` runs after the port check and before Ray starts (the CLI checks the model repository
+    there); False ends it with status 1, the check having said why."""
     problem = check_ports(options.port_checks(), options.wait_stale_s, say)
     if problem:
         print(f"segserve: {problem}", file=sys.stderr, flush=True)
         return EXIT_PORT_IN_USE
+    if preflight is not None and not preflight():
+        return 1
     return Supervisor(options).run()
 
 
