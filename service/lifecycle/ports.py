@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from service.lifecycle.processes import Holder, holder, listeners, port_in_use
 
+UNSEEN_SETTLE_S = 3.0
+"""How long a busy port with no visible holder is looked at again before it is reported: a server that
+is stopping frees it between our bind test and the look at who holds it."""
+
 
 @dataclass(frozen=True)
 class PortCheck:
@@ -29,6 +33,7 @@ def check_ports(checks: list[PortCheck], wait_stale_s: float, say: Callable[[str
     """None when every port is free; else one line naming the port, its holder and what to do. Waits
     up to ``wait_stale_s`` while only a stopping or left-over segserve/Ray session holds them."""
     deadline = time.monotonic() + wait_stale_s
+    settle_until = time.monotonic() + min(wait_stale_s, UNSEEN_SETTLE_S)
     waiting_for: set[int] = set()
     while True:
         busy = [c for c in checks if c.in_use()]
@@ -36,6 +41,9 @@ def check_ports(checks: list[PortCheck], wait_stale_s: float, say: Callable[[str
             return None
         check = busy[0]
         holders = [holder(pid) for pid in listeners(check.port)]
+        if not holders and time.monotonic() < settle_until:
+            time.sleep(0.25)  # its holder let go between the two looks, or is letting go: look again
+            continue
         # A session we are waiting for lets go of its sockets as its processes end: a holder that is
         # gone, or none listed while the port is not yet free, is that too.
         stale = all(h.kind in ("stopping", "leftover", "gone") for h in holders) and bool(

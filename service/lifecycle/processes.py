@@ -45,13 +45,20 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def listeners(port: int) -> list[int]:
-    """Pids listening on TCP ``port`` on any address (only those this user may see)."""
-    pids: set[int] = set()
+    """Pids listening on TCP ``port`` on any address (only those this user may see); when none listens,
+    the pids of connections still open on it: a draining server has closed its listening socket but
+    still answers on the connections it accepted, and those keep the port from being bound."""
+    listening: set[int] = set()
+    connected: set[int] = set()
     with contextlib.suppress(psutil.Error):
         for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                pids.add(conn.pid)
-    return sorted(pids)
+            if not (conn.laddr and conn.laddr.port == port and conn.pid):
+                continue
+            if conn.status == psutil.CONN_LISTEN:
+                listening.add(conn.pid)
+            elif conn.status != psutil.CONN_TIME_WAIT:
+                connected.add(conn.pid)
+    return sorted(listening or connected)
 
 
 def sid_of(pid: int) -> int | None:

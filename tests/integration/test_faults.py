@@ -226,8 +226,12 @@ def test_a_result_lost_with_its_node_is_classified_unavailable(kind):
 
 @pytest.mark.parametrize(
     "flags",
-    [[], ["--crash"], ["--crash", "--fused"]],
-    ids=["removed-gracefully-split", "crashed-split", "crashed-fused"],
+    [
+        pytest.param([], id="removed-gracefully-split"),
+        # Each way of losing a node and each topology runs in `make test`; this pairing in make test-all.
+        pytest.param(["--crash"], id="crashed-split", marks=pytest.mark.extended),
+        pytest.param(["--crash", "--fused"], id="crashed-fused"),
+    ],
 )
 def test_multinode_worker_node_lost_under_load(flags):
     """tests/integration/multinode_scenario.py in its own process (and its own Ray cluster of 3 nodes):

@@ -136,14 +136,3 @@ def test_client_deadline_is_honoured(service):
     with pytest.raises(grpc.RpcError) as e:
         call(stub, pb.SegmentRequest(model=MODEL, image=big), timeout=0.005)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-def test_twenty_megapixel_image_in_and_mask_out(service):
-    rng = np.random.default_rng(0)
-    image = np.repeat(
-        np.repeat(rng.integers(0, 255, (500, 400, 3), dtype=np.uint8), 10, 0), 10, 1
-    )  # 5000x4000
-    body = jpeg_bytes(image, quality=80)
-    response = call(service.grpc_stub(), pb.SegmentRequest(model=MODEL, image=body), timeout=300)
-    assert (response.width, response.height) == (4000, 5000)
-    assert decode_label_png(response.mask_png).shape == (5000, 4000)
