@@ -35,6 +35,21 @@ RAY_SERVE_ENV: dict[str, str] = {
 }
 
 
+# What differs on one machine, where HAProxy runs beside the replicas (every local session: segserve
+# serve, the tests, the benchmarks; not the KubeRay manifests, which keep Ray's defaults).
+LOCAL_ONLY_ENV: dict[str, str] = {
+    # A replica that Serve removes stays reachable this long before it closes its listener (Ray's
+    # default is 30 s, for load balancers that deregister slowly). Here HAProxy reloads in under a
+    # second and retries refused connections: 30 s only made every stop, app deletion and replica
+    # replacement 30 s longer (measured: serve.shutdown() 36 s; each test app's deletion 31 s).
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    # On a soft stop HAProxy keeps an idle keep-alive HTTP/1.1 client connection open until it times
+    # out (measured: one idle httpx connection held the drain 30 s); with a spread time it closes idle
+    # ones within it (measured: 1.0 s). Busy connections are unaffected: they finish.
+    "RAY_SERVE_HAPROXY_CLOSE_SPREAD_TIME_S": "1",
+}
+
+
 # Replica ports of a local session: one of 50 windows of 100 in 20000-24999 (HTTP) and 25000-29999
 # (gRPC), between Ray's worker ports (10002-19999) and the kernel's ephemeral ones (32768 up).
 DIRECT_INGRESS_WINDOW = 100
@@ -69,12 +84,13 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def local_ray_env() -> dict[str, str]:
-    """``RAY_SERVE_ENV`` plus what keeps two Ray sessions on one machine apart (tests start a second one
-    beside the session's; developers run several). HAProxy's files and ports live in a fresh folder and
-    on free ports (its defaults are fixed paths under /tmp and fixed ports; the folder's name is short:
-    Ray adds a 56-character node folder, and HAProxy's socket paths may have at most 97 characters).
-    The replicas' own ports come from a window of their own: gRPC servers bind with SO_REUSEPORT, so two
-    sessions handed the same port by their controllers would both bind it and share its connections."""
+    """``RAY_SERVE_ENV`` and ``LOCAL_ONLY_ENV``, plus what keeps two Ray sessions on one machine apart
+    (tests start a second one beside the session's; developers run several). HAProxy's files and ports
+    live in a fresh folder and on free ports (its defaults are fixed paths under /tmp and fixed ports;
+    the folder's name is short: Ray adds a 56-character node folder, and HAProxy's socket paths may
+    have at most 97 characters). The replicas' own ports come from a window of their own: gRPC servers
+    bind with SO_REUSEPORT, so two sessions handed the same port by their controllers would both bind
+    it and share its connections."""
     folder = tempfile.mkdtemp(prefix="hap", dir="/tmp")
     window = random.randrange(DIRECT_INGRESS_WINDOWS) * DIRECT_INGRESS_WINDOW
     return {
@@ -83,6 +99,7 @@ def local_ray_env() -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(25000 + window),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(25000 + window + DIRECT_INGRESS_WINDOW - 1),
         **RAY_SERVE_ENV,
+        **LOCAL_ONLY_ENV,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
         "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,

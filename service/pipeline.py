@@ -98,10 +98,15 @@ def check_pixels(height: int, width: int, spec: ModelSpec, limits: Limits) -> No
         )
     limit = spec.input.max_pixels
     if limit is not None and height * width > limit:
-        raise PayloadTooLarge(
-            f"image of {width}x{height} pixels: model {spec.name!r} segments images of up to {limit} "
-            "pixels (its input.max_pixels)"
-        )
+        raise over_model_limit(f"image of {width}x{height} pixels", spec)
+
+
+def over_model_limit(what: str, spec: ModelSpec) -> PayloadTooLarge:
+    """413 for an image over the model's own ``input.max_pixels`` (under the app's limit)."""
+    return PayloadTooLarge(
+        f"{what}: model {spec.name!r} segments images of up to {spec.input.max_pixels} pixels "
+        "(its input.max_pixels)"
+    )
 
 
 def decode_for_model(body: bytes, spec: ModelSpec, limits: Limits) -> np.ndarray:
@@ -113,9 +118,7 @@ def decode_for_model(body: bytes, spec: ModelSpec, limits: Limits) -> np.ndarray
     try:
         return decode_image(body, max_pixels=limit)
     except PayloadTooLarge as e:
-        raise PayloadTooLarge(
-            f"{e}: model {spec.name!r} segments images of up to {limit} pixels (its input.max_pixels)"
-        ) from None
+        raise over_model_limit(str(e), spec) from None
 
 
 def check_format(spec: ModelSpec, options: SegmentOptions) -> None:

@@ -8,9 +8,7 @@ runs the service's own tiling without a batcher or a service (each tile alone th
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
-import zlib
 
 import numpy as np
 import torch
@@ -78,18 +76,3 @@ def miou(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
     metric = DatasetIoU([str(c) for c in range(classes)])
     metric.update(torch.from_numpy(pred), torch.from_numpy(truth))
     return metric.compute().miou
-
-
-def huge_png_header(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares a huge image."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )

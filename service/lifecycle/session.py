@@ -30,17 +30,6 @@ from collections.abc import Callable
 
 from service.lifecycle.processes import STOP_SIGNAL, end_session, send, session_pids
 
-LOCAL_ENV = {
-    # A replica that Serve removes stays reachable this long before it closes its listener (Ray's
-    # default is 30 s, for load balancers that deregister slowly). Here HAProxy runs on the same node,
-    # reloads in under a second and retries refused connections, and the service stops only after the
-    # drain: 30 s would only make every stop 30 s longer (measured: serve.shutdown() 36 s).
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-    # On a soft stop HAProxy keeps an idle keep-alive HTTP/1.1 client connection open until it times
-    # out (measured: one idle httpx connection held the drain 30 s); with a spread time it closes idle
-    # ones within it (measured: 1.0 s). Busy connections are unaffected: they finish.
-    "RAY_SERVE_HAPROXY_CLOSE_SPREAD_TIME_S": "1",
-}
 STOP_STEP_S = 10.0
 """Bound on ``serve.shutdown()`` and on ``ray.shutdown()`` each; past it the sweep ends what is left."""
 
@@ -194,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.getppid() != args.supervisor:  # the supervisor died before PR_SET_PDEATHSIG was in place
         return 1
-    for key, value in LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
     session = Session(args)
     signal.signal(STOP_SIGNAL, session.on_stop_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the supervisor decides

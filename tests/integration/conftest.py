@@ -51,15 +51,6 @@ def wait_ready(url: str, timeout_s: float = 120) -> None:
     raise RuntimeError(f"service not ready after {timeout_s}s: {last}")
 
 
-# An ingress replica that is told to stop stays open 30 s (Ray Serve's
-# RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, for external load balancers to deregister it), and
-# deleting an app or replacing a replica waits for it. Our HAProxy learns of the change within a second
-# and retries refused connections; the tests delete apps and replace replicas dozens of times, so they
-# run with 5 s: the drain is still exercised, at a sixth of the wait. Set before any Ray starts here
-# (the session's, the extra clusters', segserve serve's), all of which inherit it.
-os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
-
-
 @pytest.fixture(scope="session")
 def service():
     """Ray with logical CPUs (replicas set their own torch threads) and a small object store."""

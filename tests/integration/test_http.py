@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,7 +13,7 @@ from PIL import Image
 from service.imaging.encode import decode_label_png, decode_rle
 from service.training.semantic import held_out_seeds
 from service.training.shapes import make_sample
-from tests.conftest import jpeg_bytes, png_bytes
+from tests.conftest import jpeg_bytes, png_bytes, png_declaring
 from tests.integration.helpers import direct_labels
 
 pytestmark = pytest.mark.integration
@@ -135,21 +133,6 @@ def test_concurrent_requests_batch_and_stay_correct(service, repository):
         assert r.headers["x-batch-size"] == str(r.json()["batch_size"])
 
 
-def huge_png_header(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares a huge image (a decompression bomb's calling card)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def ppm_bytes() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PPM")
@@ -179,7 +162,7 @@ def _body(kind, good: bytes, good_jpeg: bytes):
             "truncated_jpeg": good_jpeg[: len(good_jpeg) // 2],
             "truncated_png": good[: len(good) // 2],
             "ppm": ppm_bytes(),
-            "bomb": huge_png_header(100_000, 100_000),
+            "bomb": png_declaring(100_000, 100_000),
         }.get(kind, kind)
         if isinstance(kind, str)
         else kind

@@ -32,9 +32,8 @@ from safetensors.torch import save_file
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from service.imaging.encode import decode_label_png
 from service.training.shapes import make_sample
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, png_declaring
 from tests.integration.apps import ROOT, deployment_replicas, extra_app, light_args, shipped_entry
-from tests.tiling_helpers import huge_png_header
 
 pytestmark = pytest.mark.integration
 APP = "tiles"
@@ -190,8 +189,8 @@ def test_bad_large_inputs_get_their_status_and_the_replica_keeps_serving(tiles_a
     url = f"{tiles_app}/v1/models"
     headers = {"content-type": "image/png"}
     with httpx.Client(timeout=120) as c:
-        over_app = c.post(f"{url}/{NULL}/segment", content=huge_png_header(12_000, 12_000), headers=headers)
-        over_model = c.post(f"{url}/{UNET}/segment", content=huge_png_header(6_000, 6_000), headers=headers)
+        over_app = c.post(f"{url}/{NULL}/segment", content=png_declaring(12_000, 12_000), headers=headers)
+        over_model = c.post(f"{url}/{UNET}/segment", content=png_declaring(6_000, 6_000), headers=headers)
         image, _ = colour_picture(3000, 3000, seed=2)
         whole = png_bytes(image)
         truncated = c.post(f"{url}/{NULL}/segment", content=whole[: len(whole) // 2], headers=headers)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from PIL import Image, ImageFile
 
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 from service.imaging.decode import SUPPORTED_FORMATS, check_content_type, decode_image, to_rgb
+from tests.conftest import png_declaring
 
 LIMIT = 10_000_000
 
@@ -32,18 +31,6 @@ def encode(image: Image.Image | np.ndarray, fmt: str, **params) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **params)
     return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A ~60-byte PNG whose IHDR (valid CRC) declares width x height RGB, with a token IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    signature = b"\x89PNG\r\n\x1a\n"
-    idat = png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-    return signature + png_chunk(b"IHDR", ihdr) + idat + png_chunk(b"IEND", b"")
 
 
 def check_rgb(array: np.ndarray, height: int, width: int) -> None:

@@ -27,8 +27,8 @@ from service.models.registry import normalize
 from service.models.unet import UNet
 from service.pipeline import prepare_image
 from service.types import ImageTensor, SegmentOptions
-from tests.conftest import png_bytes
-from tests.tiling_helpers import huge_png_header, miou, tiled_labels, whole_labels, whole_logits, with_tile
+from tests.conftest import png_bytes, png_declaring
+from tests.tiling_helpers import miou, tiled_labels, whole_labels, whole_logits, with_tile
 
 CLASSES = [{"id": i, "name": f"c{i}", "color": [i, i, i]} for i in range(4)]
 
@@ -354,11 +354,11 @@ def prepared_for(spec, image):
 
 def test_a_models_pixel_limit_refuses_from_the_header_and_names_it(repository):
     spec = repository.get("panoptic-shapes")
-    body = huge_png_header(4096, 4096)  # 16 MP: under the app's 40 MP, over the model's 4 MP
+    body = png_declaring(4096, 4096)  # 16 MP: under the app's 40 MP, over the model's 4 MP
     with pytest.raises(PayloadTooLarge, match=r"'panoptic-shapes' segments images of up to 4194304 pixels"):
         prepare_image(body, None, SegmentOptions(model=spec.name), spec, Limits())
     with pytest.raises(PayloadTooLarge, match="above the limit of 40000000"):
-        prepare_image(huge_png_header(8000, 8000), None, SegmentOptions(model="unet-shapes"),
+        prepare_image(png_declaring(8000, 8000), None, SegmentOptions(model="unet-shapes"),
                       repository.get("unet-shapes"), Limits())  # fmt: skip
 
 
