@@ -27,6 +27,7 @@ root: ``python tests/integration/multinode_scenario.py``. The last line of stdou
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -195,13 +196,11 @@ def main() -> dict:
         summary["all_correct"] = all(
             (labels == expected[i]).all() for i, labels in served if not isinstance(labels, Exception)
         )
-        summary["raw_statuses"] = sorted(
-            {str(o[0]) if isinstance(o, tuple) else repr(o) for _, _, o in raw_load.records}
+        outcomes = collections.Counter(
+            str(o[0]) if isinstance(o, tuple) else repr(o) for _, _, o in raw_load.records
         )
-        summary["raw_counts"] = {
-            s: sum(1 for _, _, o in raw_load.records if isinstance(o, tuple) and str(o[0]) == s)
-            for s in summary["raw_statuses"]
-        }
+        summary["raw_statuses"] = sorted(outcomes)
+        summary["raw_counts"] = dict(outcomes)
         summary["raw_503_documented"] = all(
             o[1] == "1" and o[2] in ("unavailable", "overloaded")
             for _, _, o in raw_load.records

@@ -264,6 +264,12 @@ def test_multinode_worker_node_lost_under_load(flags):
     assert summary["spread_over_workers"] and summary["ingress_and_codec_on_head"], summary
     assert summary["client_calls"] >= 20 and summary["client_failures"] == [], summary
     assert summary["all_correct"], summary
-    assert set(summary["raw_statuses"]) <= {"200", "503"} and summary["raw_503_documented"], summary
+    # As when one replica is killed: a request in flight on the crashed node that HAProxy could not
+    # resend reaches a raw client as a closed connection or HAProxy's plain-text 500 (2 of 334 in one
+    # run of five); the client library retried everything (client_failures above). Rare, and bounded.
+    dropped = {s: n for s, n in summary["raw_counts"].items() if s not in ("200", "503")}
+    assert all(s.startswith(("RemoteProtocolError", "JSONDecodeError")) for s in dropped), summary
+    assert sum(dropped.values()) <= max(1, sum(summary["raw_counts"].values()) // 100), summary
+    assert summary["raw_503_documented"], summary
     assert summary["final_segmenter_nodes_ok"] and summary["ready_after"], summary
     assert summary["recovered_s"] < RECOVERY_BOUND_S + 30, summary  # includes starting a new node
