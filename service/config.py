@@ -427,6 +427,9 @@ class IngressSpec(Strict):
     """Fused topology only: a GPU for the models this replica runs."""
     torch_threads: int = Field(0, ge=0)
     """Fused topology: intra-op threads of the models; 0 = as many as ``num_cpus`` (at least 1)."""
+    borrow_idle_cores: bool = True
+    """Fused topology, CPU models: a forward runs on the cores the machine's other replicas leave
+    idle (``service/cores.py``: at most 8 threads), never on fewer than ``torch_threads``."""
     max_ongoing_requests: int = Field(256, ge=1)
     max_queued_requests: int = Field(-1, ge=-1)
 

@@ -7,6 +7,7 @@ topology, where every ingress replica runs the models itself) are thin shells ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from service import metrics
 from service.batching import DynamicBatcher
 from service.codec import CodecStage
 from service.config import Limits, ModelSpec
+from service.cores import CoreShare
 from service.errors import DeadlineExceeded, ModelFailure, Overloaded
 from service.models.runners import build_runner
 from service.tiled import TiledRequest
@@ -25,11 +27,22 @@ from service.types import ImageInput, PreparedImage, Segmentation, SegmentOption
 class ModelWorker:
     """Batches one model's requests and runs them on its device; with a codec, also decodes and encodes."""
 
-    def __init__(self, spec: ModelSpec, weights: Path | None, codec: CodecStage | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: Path | None,
+        codec: CodecStage | None = None,
+        cores: CoreShare | None = None,
+    ) -> None:
         self.spec = spec
         self.codec = codec
         self.runner = build_runner(spec, weights)
         self.runner.warm_up()
+        # Every model's requests mark the replica busy; only a CPU forward long enough to gain from more
+        # threads borrows idle cores (``service/cores.py``).
+        self.cores = cores
+        cpu = self.runner.device.type == "cpu"
+        self.borrows = cores is not None and cpu and cores.pays_for(self._timed_forward_ms())
         b = spec.batching
         self.batcher = DynamicBatcher(
             self._run_batch, b.max_batch_size, b.batch_wait_timeout_s, b.max_concurrent_batches
@@ -45,10 +58,15 @@ class ModelWorker:
         self.metrics.update(self.runner)
 
     async def segment(self, prepared: PreparedImage) -> Segmentation:
-        if prepared.tiled:
-            # A large image: its tiles go through the same batcher, a few at a time (tile.tiles_per_request).
-            return await TiledRequest(self.spec, self.runner, prepared, self.metrics).run(self._submit)
-        return await self._submit(prepared)
+        with self._busy():
+            if prepared.tiled:
+                # A large image: its tiles go through the same batcher, a few at a time
+                # (tile.tiles_per_request).
+                return await TiledRequest(self.spec, self.runner, prepared, self.metrics).run(self._submit)
+            return await self._submit(prepared)
+
+    def _busy(self):
+        return self.cores.busy() if self.cores is not None else contextlib.nullcontext()
 
     async def _submit(self, item: Any) -> Any:
         return await self.batcher.submit((item, time.perf_counter()))
@@ -64,9 +82,10 @@ class ModelWorker:
             raise Overloaded(f"model {self.spec.name!r} is at capacity; retry after a short wait")
         self.admitted += 1
         try:
-            prepared = await asyncio.to_thread(self.codec.prepare, body, content_type, options, self.spec)
-            segmentation = await self.segment(prepared)
-            return await asyncio.to_thread(self.codec.encode, segmentation, self.spec)
+            with self._busy():  # decoding and encoding too: this replica's cores are in use
+                prepared = await asyncio.to_thread(self.codec.prepare, body, content_type, options, self.spec)
+                segmentation = await self.segment(prepared)
+                return await asyncio.to_thread(self.codec.encode, segmentation, self.spec)
         finally:
             self.admitted -= 1
 
@@ -87,7 +106,7 @@ class ModelWorker:
         items = [queued[i][0] for i in live]
         try:
             # The forward runs in a worker thread so the event loop keeps queueing the next batch.
-            done = await asyncio.to_thread(self.runner.run, items, [queued[i][1] for i in live])
+            done = await asyncio.to_thread(self._forward, items, [queued[i][1] for i in live])
         except Exception as e:  # a model failure on valid input: report it, mark the worker broken
             self.broken = f"{type(e).__name__}: {e}"
             self.metrics.batch_failed(items, e)
@@ -97,8 +116,20 @@ class ModelWorker:
         self.metrics.after_batch(self.runner, healthy=self.broken is None)
         return results
 
+    def _forward(self, items: list, queued_at: list[float]) -> list:
+        if not self.borrows:
+            return self.runner.run(items, queued_at)
+        assert self.cores is not None
+        return self.cores.run(self.runner.run, items, queued_at)
+
+    def _timed_forward_ms(self) -> float:
+        """One forward at the model's input size, on this replica's own threads, after its warm-up."""
+        started = time.perf_counter()
+        self.runner.warm_up()
+        return (time.perf_counter() - started) * 1000
+
     def ready(self) -> dict[str, Any]:
-        return {"model": self.spec.name, "device": str(self.runner.device)}
+        return {"model": self.spec.name, "device": str(self.runner.device), "borrows_idle_cores": self.borrows}
 
     def check_health(self) -> None:
         """Refresh the gauges (Ray drops idle ones) and fail when the model is broken."""
@@ -115,9 +146,15 @@ class LocalModels:
         self.workers = dict(workers)
 
     @classmethod
-    def load(cls, specs: Mapping[str, ModelSpec], weights: Mapping[str, Path | None], limits: Limits):
+    def load(
+        cls,
+        specs: Mapping[str, ModelSpec],
+        weights: Mapping[str, Path | None],
+        limits: Limits,
+        cores: CoreShare | None = None,
+    ):
         codec = CodecStage(limits)
-        return cls({name: ModelWorker(spec, weights[name], codec) for name, spec in specs.items()})
+        return cls({name: ModelWorker(spec, weights[name], codec, cores) for name, spec in specs.items()})
 
     async def segment(
         self, body: ImageInput, content_type: str | None, options: SegmentOptions, spec: ModelSpec

@@ -17,6 +17,7 @@ from service.api.http import SegmentFirst, build_http_app
 from service.api.oip import grpc as oip_grpc
 from service.api.oip import http as oip_http
 from service.config import AppSettings, Repository
+from service.cores import MAX_THREADS, CoreShare
 from service.deployments.split import SplitModels
 from service.models.inference import configure_threads
 from service.worker import LocalModels
@@ -34,10 +35,11 @@ class Ingress:
         segmenters: dict | None = None,
     ) -> None:
         if segmenters is None:  # fused: the models live here
-            configure_threads(settings.ingress.threads)
+            threads = configure_threads(settings.ingress.threads)
+            cores = CoreShare(threads, MAX_THREADS) if settings.ingress.borrow_idle_cores else None
             specs = {n: repository.get(n) for n in names}
             weights = {n: repository.weights_path(s) if s.weights else None for n, s in specs.items()}
-            self.local: LocalModels | None = LocalModels.load(specs, weights, settings.limits)
+            self.local: LocalModels | None = LocalModels.load(specs, weights, settings.limits, cores)
             models = self.local
         else:
             self.local = None

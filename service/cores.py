@@ -1,0 +1,177 @@
+"""Idle cores for a lone forward: a CPU replica's torch threads follow how busy the machine's replicas are.
+
+Why: on a CPU node each replica runs its models on its own share of the cores (``torch_threads``: one
+each on the shipped 2-core layout of two replicas), which is right under load, when every replica is
+busy. At low load a request runs on its replica's one core while the other replicas' cores idle: on
+the U-Net a lone request's forward takes ~31 ms on one thread and ~20 ms on two.
+
+How: a replica with requests in flight holds an exclusive ``flock`` on a file of its own in a folder
+the machine's replicas share (``/dev/shm``: node-local). Before a forward it counts the files other
+replicas lock (a lock it cannot take: busy; a process that died took its lock with it) and the
+forwards running in its own process, and runs on ``cores // busy`` threads: never fewer than its
+own share, never more than ``max_threads``. Under load every replica is busy and each keeps its share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+FOLDER_NAME = "segserve-cores"
+# A lone forward's threads at most: a small network gains little past a few (U-Net, 128 px: 31 ms on
+# one thread, 20 on two), and a many-core node's other work should not wait on its threads.
+MAX_THREADS = 8
+# Forwards shorter than this on the replica's own threads borrow nothing: waking more threads for
+# small operations costs more than it saves (measured on the null model, ~1 ms: a lone request took as
+# long on two threads, for twice the CPU).
+MIN_FORWARD_MS = 10.0
+
+
+def default_folder() -> Path:
+    shm = Path("/dev/shm")
+    return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / FOLDER_NAME
+
+
+def cgroup_cpus(cpu_max: str) -> float | None:
+    """The CPUs a cgroup v2 ``cpu.max`` allows (``"200000 100000"`` -> 2.0); None for ``max``."""
+    quota, _, period = cpu_max.strip().partition(" ")
+    if quota == "max" or not period:
+        return None
+    return int(quota) / int(period)
+
+
+def machine_cores() -> int:
+    """Cores this process may run on: its CPU affinity, under the container's CPU quota if it has one
+    (a Kubernetes pod's limit; a node's other pods are not ours to use)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        allowed = cgroup_cpus(Path("/sys/fs/cgroup/cpu.max").read_text())
+    except (OSError, ValueError):
+        allowed = None
+    return max(1, min(cores, math.floor(allowed))) if allowed else cores
+
+
+def threads_for(cores: int, busy: int, own: int, most: int) -> int:
+    """Torch threads for a forward when ``busy`` replicas' forwards share ``cores`` (this one counted)."""
+    return max(own, min(most, cores // max(1, busy)))
+
+
+class CoreShare:
+    """One per replica process: ``busy()`` around each request, ``run(fn, ...)`` for each forward."""
+
+    def __init__(
+        self, own_threads: int, max_threads: int, folder: Path | None = None, cores: int | None = None
+    ) -> None:
+        self.own = own_threads
+        self.most = max(own_threads, max_threads)
+        self.cores = cores or machine_cores()
+        self.folder = folder or default_folder()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / f"{os.getpid()}-{id(self):x}"
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        self._requests = 0
+        self._locked = False
+        self._forwards = 0
+        self._lock = threading.Lock()  # forwards of several models may start at once in one process
+
+    def pays_for(self, forward_ms: float) -> bool:
+        """Whether a model whose forward takes ``forward_ms`` on the own threads should borrow."""
+        return self.most > self.own and forward_ms >= MIN_FORWARD_MS
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+            self.path.unlink()
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Around one request (on the event loop): the replica counts as busy while any is in flight."""
+        self._requests += 1
+        if self._requests == 1:
+            self._locked = _try_lock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            self._requests -= 1
+            if self._requests == 0 and self._locked:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._locked = False
+
+    def run(self, fn: Callable[..., T], *args) -> T:
+        """``fn(*args)`` on as many torch threads as the machine's idle cores allow (in the calling
+        thread, which must be the one that runs the forward: torch's thread count is per thread)."""
+        import torch
+
+        with self._lock:
+            self._forwards += 1
+            running_here = self._forwards
+        try:
+            torch.set_num_threads(self.threads_now(running_here))
+            return fn(*args)
+        finally:
+            with self._lock:
+                self._forwards -= 1
+
+    def threads_now(self, running_here: int = 1) -> int:
+        if self.most <= self.own:
+            return self.own
+        return threads_for(self.cores, running_here + self.busy_others(), self.own, self.most)
+
+    def busy_others(self) -> int:
+        """Other replicas of this machine with requests in flight (files locked by someone else)."""
+        count = 0
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return 0
+        for name in names:
+            path = self.folder / name
+            if path == self.path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                if _try_lock(fd, fcntl.LOCK_SH):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    _remove_if_dead(path)
+                else:
+                    count += 1
+            finally:
+                os.close(fd)
+        return count
+
+
+def _try_lock(fd: int, kind: int) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+
+
+def _remove_if_dead(path: Path) -> None:
+    """The file of a process that is gone (its name starts with its pid)."""
+    pid = path.name.partition("-")[0]
+    if not pid.isdigit():
+        return
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    except PermissionError:  # alive, another user's
+        pass
