@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -122,6 +123,18 @@ def per_request_ms(spent: dict[str, float], requests: int) -> dict[str, float]:
     if requests <= 0:
         return {}
     return {name: round(1000 * seconds / requests, 2) for name, seconds in spent.items()}
+
+
+def per_second_ms(spent: dict[str, float], seconds: float) -> dict[str, float]:
+    """CPU milliseconds per second of wall time, per role (what a role costs while nothing is asked)."""
+    return {name: round(1000 * s / seconds, 1) for name, s in spent.items()} if seconds > 0 else {}
+
+
+def idle_ms_per_s(roles: Roles, seconds: float) -> dict[str, float]:
+    """CPU ms per second each role spends over ``seconds`` of this machine without load."""
+    before = snapshot(roles)
+    time.sleep(seconds)
+    return per_second_ms(cpu_by_role(before, snapshot(roles)), seconds)
 
 
 def service_ms(per_request: dict[str, float]) -> float | None:

@@ -100,6 +100,23 @@ CPU_NOTE = (
 )
 
 
+def idle_section(idle: dict[str, float] | None) -> list[str]:
+    """Our service's CPU with no load, by process role (its fixed cost on the machine's cores)."""
+    if not idle:
+        return []
+    mine = {r: ms for r, ms in idle.items() if r not in ("load generator", "other")}
+    rows = [[r, fmt(ms)] for r, ms in mine.items()] + [["all", fmt(sum(mine.values()))]]
+    return [
+        "",
+        "## Idle (ms of CPU per second, by process, before the load)",
+        "",
+        *md_table(["process", "ms/s"], rows, left=1),
+        "",
+        "What the running service spends with no request in flight (Ray's own processes, health checks, "
+        "metrics): on this machine's cores, a fixed share that requests cannot use.",
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     served, raw = results.get("served", []), results.get("raw", {})
     lines = [*sections.header(results), *sections.headline_table(results.get("headline", {}))]
@@ -107,7 +124,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += sections.raw_table(raw, results["config"]["image_size"])
     if served:
         lines += sections.served_table(served, raw) + sections.stages_table(served)
-        lines += cpu_table(served) + sections.errors_list(served) + [""]
+        lines += cpu_table(served) + idle_section(results.get("idle_cpu_ms_per_s"))
+        lines += [*sections.errors_list(served), ""]
     lines += sections.batch_section(results.get("metrics", {}).get("mean_batch_size", {}))
     lines += large.section(results.get("large"))
     return "\n".join(lines + sections.plots_section(results.get("plots", [])))

@@ -51,6 +51,10 @@ def run_served(
         for protocol in args.protocols
         for c in args.concurrency
     ]
+    # What the service costs with nothing to do (Ray's processes, health checks, metrics), before load.
+    idle_s = 2.0 if args.quick else IDLE_S
+    log(f"idle CPU of the service over {idle_s:g} s ...")
+    idle = proc_cpu.idle_ms_per_s(roles, idle_s)
     before = _scrape(ours.metrics_url)
     served = closed_loop.measure(
         points,
@@ -65,7 +69,7 @@ def run_served(
         log(f"waiting {args.metrics_settle_s:g} s for Ray's metrics export ...")
         time.sleep(args.metrics_settle_s)
     metrics = batch_metrics(ours.metrics_url, before, _scrape(ours.metrics_url))
-    out = {"served": served, "metrics": metrics, "label_maps": maps}
+    out = {"served": served, "metrics": metrics, "label_maps": maps, "idle_cpu_ms_per_s": idle}
     model = args.large_model or large.tiled_model(repository, models)
     if args.large_image and model:
         repeats = 1 if args.quick else 2
@@ -74,6 +78,8 @@ def run_served(
         )
     return out
 
+
+IDLE_S = 10.0
 
 # A large picture on a CPU takes tens of seconds: the app's deadline is raised to just below the HTTP
 # proxy's own request timeout (http_options.request_timeout_s, 60 s in deploy/serve_config.yaml).

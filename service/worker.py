@@ -129,7 +129,11 @@ class ModelWorker:
         return (time.perf_counter() - started) * 1000
 
     def ready(self) -> dict[str, Any]:
-        return {"model": self.spec.name, "device": str(self.runner.device), "borrows_idle_cores": self.borrows}
+        return {
+            "model": self.spec.name,
+            "device": str(self.runner.device),
+            "borrows_idle_cores": self.borrows,
+        }
 
     def check_health(self) -> None:
         """Refresh the gauges (Ray drops idle ones) and fail when the model is broken."""

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from loadtests import closed_loop, labelmaps, promparse, report
+from loadtests import closed_loop, labelmaps, proc_cpu, promparse, report
 from loadtests.common import DEFAULT_REPOSITORY
 from loadtests.images import make_images
 
@@ -86,6 +86,10 @@ def test_bench_closed_loop_metrics_and_report(service, tmp_path):
     for means in promparse.mean_batch_sizes(promparse.delta(before, after)).values():
         assert all(m >= 1 for m in means.values())
 
+    # The service's idle cost: its replicas spend some CPU with no request in flight (Ray's core worker).
+    idle = proc_cpu.idle_ms_per_s(proc_cpu.Roles(), 2.0)
+    assert idle.get("Ingress", 0) > 0, idle
+
     results = {
         "meta": {"date": "2026-01-01", "machine": "smoke", "cpu_count": 2, "python": "", "torch": "",
                  "ray": ""},
@@ -95,10 +99,12 @@ def test_bench_closed_loop_metrics_and_report(service, tmp_path):
         "raw": {},
         "served": rows,
         "metrics": {},
+        "idle_cpu_ms_per_s": idle,
     }  # fmt: skip
     paths = report.write(results, tmp_path / "smoke")
     assert json.loads(Path(paths["json"]).read_text())["headline"][model]["grpc"]["served_max_rps"] > 0
     md = Path(paths["md"]).read_text()
     assert "## Served (closed loop)" in md and f"| http | {model} | 4 |" in md
+    assert "## Idle (ms of CPU per second" in md and f"| Ingress | {idle['Ingress']:.1f} |" in md
     with Image.open(paths["smoke-throughput"]) as png:
         assert png.format == "PNG"

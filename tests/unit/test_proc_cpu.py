@@ -84,6 +84,8 @@ def test_cpu_is_summed_by_role_and_new_processes_count_from_zero():
     per_request = {"Segmenter-a": 30.0, "proxies": 5.0, "load generator": 9.0, "other": 4.0}
     assert proc_cpu.service_ms(per_request) == 35.0  # neither the client nor unrelated processes
     assert proc_cpu.service_ms({}) is None
+    assert proc_cpu.per_second_ms(spent, 10) == {"Segmenter-a": 150.0, "Ingress": 50.0, "proxies": 25.0}
+    assert proc_cpu.per_second_ms(spent, 0) == {}
 
 
 def test_a_real_snapshot_sees_this_process():
