@@ -6,10 +6,11 @@ busy. At low load a request runs on its replica's one core while the other repli
 the U-Net a lone request's forward takes ~31 ms on one thread and ~20 ms on two.
 
 How: a replica with requests in flight holds an exclusive ``flock`` on a file of its own in a folder
-the machine's replicas share (``/dev/shm``: node-local). Before a forward it counts the files other
-replicas lock (a lock it cannot take: busy; a process that died took its lock with it) and the
-forwards running in its own process, and runs on ``cores // busy`` threads: never fewer than its
-own share, never more than ``max_threads``. Under load every replica is busy and each keeps its share.
+the machine's replicas share (``/dev/shm/segserve-cores-<uid>``: node-local). Before a forward it
+counts the files other replicas lock (a lock it cannot take: busy; a process that died took its lock
+with it) and the forwards running in its own process, and runs on ``cores // busy`` threads: never
+fewer than its own share, never more than ``max_threads``. Under load every replica is busy and each
+keeps its share.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import math
 import os
 import tempfile
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 FOLDER_NAME = "segserve-cores"
 # A lone forward's threads at most: a small network gains little past a few (U-Net, 128 px: 31 ms on
@@ -38,8 +41,9 @@ MIN_FORWARD_MS = 10.0
 
 
 def default_folder() -> Path:
+    """Node-local and per user (another user's folder would not let us in)."""
     shm = Path("/dev/shm")
-    return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / FOLDER_NAME
+    return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / f"{FOLDER_NAME}-{os.getuid()}"
 
 
 def cgroup_cpus(cpu_max: str) -> float | None:
@@ -83,6 +87,16 @@ class CoreShare:
         self._locked = False
         self._forwards = 0
         self._lock = threading.Lock()  # forwards of several models may start at once in one process
+
+    @classmethod
+    def open(cls, own_threads: int, max_threads: int, folder: Path | None = None) -> CoreShare | None:
+        """A share in ``folder`` (default: ``default_folder()``); None (no borrowing, each replica on
+        its own threads) when the folder cannot be used."""
+        try:
+            return cls(own_threads, max_threads, folder)
+        except OSError as e:
+            logger.warning("idle cores are not borrowed: %s", e)
+            return None
 
     def pays_for(self, forward_ms: float) -> bool:
         """Whether a model whose forward takes ``forward_ms`` on the own threads should borrow."""

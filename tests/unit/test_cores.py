@@ -117,3 +117,12 @@ def test_only_forwards_long_enough_borrow(tmp_path):
     finally:
         share.close()
         fixed.close()
+
+
+def test_an_unusable_folder_means_no_borrowing(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert CoreShare.open(1, 8, blocker / "cores") is None  # a file where the folder should be
+    share = CoreShare.open(1, 8, tmp_path / "cores")
+    assert share is not None and share.path.parent == tmp_path / "cores"
+    share.close()
