@@ -153,9 +153,9 @@ class AutoscalingSpec(Strict):
 
 class DeploymentSpec(Strict):
     """Resources for one model. Split topology: its segmenter deployment's replicas and Ray Serve options.
-    Fused topology (the models run in the ingress replicas): ``device``, ``precision`` and the admission
-    bound ``max_ongoing_requests`` + ``max_queued_requests`` per ingress replica apply; replicas and CPUs
-    are the ingress's."""
+    Fused topology (the models run in the ingress replicas): ``device``, ``precision``,
+    ``borrow_idle_cores`` and the admission bound ``max_ongoing_requests`` + ``max_queued_requests`` per
+    ingress replica apply; replicas, CPUs and threads are the ingress's."""
 
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingSpec | None = None
@@ -163,6 +163,11 @@ class DeploymentSpec(Strict):
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: int = Field(0, ge=0)
     """Intra-op threads per replica; 0 = as many as the replica's ``num_cpus`` (at least 1)."""
+    borrow_idle_cores: bool = False
+    """Fused topology, CPU: when the machine's other replicas have no request in flight, a forward of
+    10 ms or more runs on the cores they leave idle (``service/cores.py``: at most 8 threads). Off by
+    default: float results then vary in their last digits with the thread count (a label map's argmax
+    held on every test; an instance model's scores and mask edges would not be bit-reproducible)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """auto: fp16 autocast on CUDA, fp32 on CPU."""
@@ -427,9 +432,6 @@ class IngressSpec(Strict):
     """Fused topology only: a GPU for the models this replica runs."""
     torch_threads: int = Field(0, ge=0)
     """Fused topology: intra-op threads of the models; 0 = as many as ``num_cpus`` (at least 1)."""
-    borrow_idle_cores: bool = True
-    """Fused topology, CPU models: a forward runs on the cores the machine's other replicas leave
-    idle (``service/cores.py``: at most 8 threads), never on fewer than ``torch_threads``."""
     max_ongoing_requests: int = Field(256, ge=1)
     max_queued_requests: int = Field(-1, ge=-1)
 

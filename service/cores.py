@@ -76,6 +76,7 @@ class CoreShare:
     def __init__(
         self, own_threads: int, max_threads: int, folder: Path | None = None, cores: int | None = None
     ) -> None:
+        self.min_forward_ms = MIN_FORWARD_MS
         self.own = own_threads
         self.most = max(own_threads, max_threads)
         self.cores = cores or machine_cores()
@@ -100,7 +101,7 @@ class CoreShare:
 
     def pays_for(self, forward_ms: float) -> bool:
         """Whether a model whose forward takes ``forward_ms`` on the own threads should borrow."""
-        return self.most > self.own and forward_ms >= MIN_FORWARD_MS
+        return self.most > self.own and forward_ms >= self.min_forward_ms
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -38,11 +38,11 @@ class ModelWorker:
         self.codec = codec
         self.runner = build_runner(spec, weights)
         self.runner.warm_up()
-        # Every model's requests mark the replica busy; only a CPU forward long enough to gain from more
-        # threads borrows idle cores (``service/cores.py``).
+        # Every model's requests mark the replica busy; a CPU model that asks to borrow idle cores does
+        # when its forward is long enough to gain from more threads (``service/cores.py``).
         self.cores = cores
-        cpu = self.runner.device.type == "cpu"
-        self.borrows = cores is not None and cpu and cores.pays_for(self._timed_forward_ms())
+        asks = spec.deployment.borrow_idle_cores and self.runner.device.type == "cpu"
+        self.borrows = cores is not None and asks and cores.pays_for(self._timed_forward_ms())
         b = spec.batching
         self.batcher = DynamicBatcher(
             self._run_batch, b.max_batch_size, b.batch_wait_timeout_s, b.max_concurrent_batches

@@ -36,7 +36,8 @@ class Ingress:
     ) -> None:
         if segmenters is None:  # fused: the models live here
             threads = configure_threads(settings.ingress.threads)
-            cores = CoreShare.open(threads, MAX_THREADS) if settings.ingress.borrow_idle_cores else None
+            # Every replica marks itself busy for the others; models with borrow_idle_cores borrow.
+            cores = CoreShare.open(threads, MAX_THREADS)
             specs = {n: repository.get(n) for n in names}
             weights = {n: repository.weights_path(s) if s.weights else None for n, s in specs.items()}
             self.local: LocalModels | None = LocalModels.load(specs, weights, settings.limits, cores)

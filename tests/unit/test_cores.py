@@ -126,3 +126,28 @@ def test_an_unusable_folder_means_no_borrowing(tmp_path):
     share = CoreShare.open(1, 8, tmp_path / "cores")
     assert share is not None and share.path.parent == tmp_path / "cores"
     share.close()
+
+
+def test_a_model_borrows_only_when_it_asks_and_its_forward_is_long_enough(tmp_path):
+    """ModelWorker's choice (service/worker.py), with the shipped unet-shapes: it asks; it borrows when
+    its timed forward reaches the share's threshold (0 ms here: always; an hour: never)."""
+    from service.config import load_repository
+    from service.worker import ModelWorker
+
+    repository = load_repository("models/repository.yaml")
+    unet = repository.get("unet-shapes")
+    assert unet.deployment.borrow_idle_cores
+    weights = repository.weights_path(unet)
+    unasked = unet.model_copy(
+        update={"deployment": unet.deployment.model_copy(update={"borrow_idle_cores": False})}
+    )
+    share = CoreShare(1, 8, tmp_path, cores=2)
+    try:
+        share.min_forward_ms = 0.0
+        assert ModelWorker(unet, weights, cores=share).borrows
+        assert not ModelWorker(unasked, weights, cores=share).borrows  # it does not ask
+        assert not ModelWorker(unet, weights).borrows  # no share: the split topology
+        share.min_forward_ms = 3_600_000.0
+        assert not ModelWorker(unet, weights, cores=share).borrows  # its forward is too short
+    finally:
+        share.close()
