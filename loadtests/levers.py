@@ -8,8 +8,10 @@ Each lever is a configuration of our service (topology, Ray Serve environment sw
 logging config); each starts its own Ray and Serve in a subprocess (Ray Serve reads its switches from
 the environment when its processes start), with a null model (near-zero forward: the serving overhead)
 and unet-shapes, and measures a closed loop at one concurrency over HTTP (the label-map PNG body) and
-gRPC with the CPU each process spent (``proc_cpu``). The levers are cumulative in the order listed,
-except the first two, which show where we came from.
+gRPC with the CPU each process spent (``proc_cpu``), after 10 s without load that measure the session's
+idle CPU. The levers after ``fused-haproxy`` (the shipped configuration) add to it in the order listed;
+the first two show where we came from, and ``ray-idle-defaults`` is the shipped one with Ray's own
+defaults for the two idle switches of ``service.local.LOCAL_ONLY_ENV``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
     ),
     "fused-python": ("fused topology (the ingress runs the models), Python proxies", {}, PYTHON_PROXY, {}),
     "fused-haproxy": ("+ HAProxy and direct ingress (shipped)", {}, {}, {}),
+    "ray-idle-defaults": (
+        "shipped, with Ray's prestarted workers and 0.1 s controller step (LOCAL_ONLY_ENV's idle switches)",
+        {},
+        {"RAY_num_workers_soft_limit": "-1", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1"},
+        {},
+    ),
     "user-code-on-loop": (
         "+ user code on the replica's own event loop",
         {},
@@ -60,12 +68,14 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
     "haproxy-one-thread": ("+ HAProxy on one thread", {}, {"RAY_SERVE_HAPROXY_NBTHREAD": "1"}, {}),
 }
 CUMULATIVE_FROM = "fused-haproxy"
+STANDALONE = ("split-python", "fused-python", "fused-haproxy", "ray-idle-defaults")
+IDLE_S = 10.0
 
 
 def configuration(name: str) -> tuple[dict, dict, dict]:
     """(app args, environment, logging changes) of lever ``name``, with the levers before it."""
-    order = list(LEVERS)
-    chain = order[order.index(CUMULATIVE_FROM) : order.index(name) + 1] if name in order[2:] else [name]
+    order = [lever for lever in LEVERS if lever not in STANDALONE or lever == CUMULATIVE_FROM]
+    chain = order[order.index(CUMULATIVE_FROM) : order.index(name) + 1] if name in order else [name]
     app, env, logging_changes = {}, {}, {}
     for lever in chain:
         _, a, e, lc = LEVERS[lever]
@@ -87,6 +97,8 @@ def measure_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     repository, null = write_repository(DEFAULT_REPOSITORY, [args.model], True, tmp)
     service = LocalService(repository, [args.model, null], None, app, logging_changes)
     images = make_images((256, 256), seed=0, synthetic=8)
+    roles = proc_cpu.Roles(outside_by_name=False)
+    idle = proc_cpu.idle_ms_per_s(roles, IDLE_S)  # the session's fixed cost, before any request
     points = [
         closed_loop.PointSpec(p, m, args.concurrency) for m in (null, args.model) for p in args.protocols
     ]
@@ -99,13 +111,14 @@ def measure_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
             warmup_s=args.warmup_s,
             duration_s=args.duration_s,
             timeout_s=60,
-            roles=proc_cpu.Roles(outside_by_name=False),
+            roles=roles,
             log=lambda m: print(m, file=sys.stderr, flush=True),
         )
     finally:
         service.stop()
     return {
         "lever": name,
+        "idle_ms_per_s": proc_cpu.service_ms(idle),
         "points": [
             {
                 "model": "null" if r["model"] == null else r["model"],
@@ -123,7 +136,7 @@ def measure_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def table(results: list[dict[str, Any]], model: str, protocols: list[str]) -> list[str]:
     head = " | ".join(f"{model} {p} req/s | CPU ms/req" for p in protocols)
-    lines = [f"| lever | {head} |", "|---|" + "---:|" * (2 * len(protocols))]
+    lines = [f"| lever | idle CPU ms/s | {head} |", "|---|" + "---:|" * (1 + 2 * len(protocols))]
     for result in results:
         cells = []
         for protocol in protocols:
@@ -132,6 +145,8 @@ def table(results: list[dict[str, Any]], model: str, protocols: list[str]) -> li
             )
             cpu = point and point["service_cpu_ms"]
             cells += [f"{point['rps']:.1f}" if point else "-", f"{cpu:.1f}" if cpu else "-"]
+        idle = result.get("idle_ms_per_s")
+        cells = [f"{idle:.0f}" if idle else "-", *cells]
         lines.append(f"| {result['lever']}: {LEVERS[result['lever']][0]} | " + " | ".join(cells) + " |")
     return lines
 
