@@ -114,6 +114,7 @@ def results_of(args, plan: Plan, measured: dict[str, Any], meta: dict, started: 
         "served": measured.get("served", []),
         "metrics": measured.get("metrics", {}),
         "label_maps": measured.get("label_maps", {}),
+        "idle_cpu_ms_per_s": measured.get("idle_cpu_ms_per_s"),
         "large": measured.get("large"),
         "elapsed_s": time.monotonic() - started,
     }

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import time
 from concurrent import futures
 
 import grpc
@@ -369,3 +370,19 @@ def test_report_json_markdown_and_plots(tmp_path):
     for kind in ("throughput", "p99", "ratio"):
         with Image.open(paths[f"2026-01-01-t-{kind}"]) as png:
             assert png.format == "PNG" and png.size[0] > 300
+
+
+def test_results_keep_the_idle_cpu_the_served_phase_measured():
+    """The idle CPU (``served.run_served``) reaches the JSON and the report's Idle section."""
+    args = bench_args.parse_args(["--quick"])
+    measured = {
+        "models": ["m"],
+        "null_name": None,
+        "images": [],
+        "peer_models": [],
+        "idle_cpu_ms_per_s": {"Ingress": 12.5, "haproxy": 1.0, "load generator": 3.0},
+    }
+    results = bench.results_of(args, bench_args.Plan(["m"], {}, False), measured, {}, time.monotonic())
+    assert results["idle_cpu_ms_per_s"] == measured["idle_cpu_ms_per_s"]
+    section = "\n".join(report.idle_section(results["idle_cpu_ms_per_s"]))
+    assert "| Ingress | 12.5 |" in section and "| all | 13.5 |" in section  # not the load generator
