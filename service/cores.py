@@ -3,7 +3,10 @@
 Why: on a CPU node each replica runs its models on its own share of the cores (``torch_threads``: one
 each on the shipped 2-core layout of two replicas), which is right under load, when every replica is
 busy. At low load a request runs on its replica's one core while the other replicas' cores idle: on
-the U-Net a lone request's forward takes ~31 ms on one thread and ~20 ms on two.
+the U-Net (128 px) a forward took 32 ms on one thread and 20 ms on two in one microbenchmark, 40 and
+32 in another (this machine's two cores are a VM's); served, a lone request's p50 fell from 43.7 to
+37.1 ms and from 41.5 to 35.6 in two A/B pairs. The price: the borrowed threads spin between
+operations (OpenMP), so a lone request costs about twice the CPU, on cores nothing else wanted.
 
 How: a replica with requests in flight holds an exclusive ``flock`` on a file of its own in a folder
 the machine's replicas share (``/dev/shm/segserve-cores-<uid>``: node-local). Before a forward it
@@ -31,8 +34,8 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 FOLDER_NAME = "segserve-cores"
-# A lone forward's threads at most: a small network gains little past a few (U-Net, 128 px: 31 ms on
-# one thread, 20 on two), and a many-core node's other work should not wait on its threads.
+# A lone forward's threads at most: a small network gains less with each thread (U-Net, 128 px: 1.25-
+# 1.6x on two), and a many-core node's other work should not wait on its spinning threads.
 MAX_THREADS = 8
 # Forwards shorter than this on the replica's own threads borrow nothing: waking more threads for
 # small operations costs more than it saves (measured on the null model, ~1 ms: a lone request took as
@@ -112,7 +115,9 @@ class CoreShare:
     def busy(self) -> Iterator[None]:
         """Around one request (on the event loop): the replica counts as busy while any is in flight."""
         self._requests += 1
-        if self._requests == 1:
+        if not self._locked:
+            # Not waiting: a replica counting the busy ones may hold a shared lock on this file for a
+            # moment. Then the next request takes it (a long busy stretch is not left unseen).
             self._locked = _try_lock(self._fd, fcntl.LOCK_EX)
         try:
             yield

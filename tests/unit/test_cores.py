@@ -66,6 +66,27 @@ def test_a_replica_with_requests_in_flight_counts_as_busy_for_the_others(tmp_pat
             share.close()
 
 
+def test_a_lock_missed_while_another_replica_looked_is_taken_by_the_next_request(tmp_path):
+    import fcntl
+    import os
+
+    a = CoreShare(1, 8, tmp_path, cores=2)
+    b = CoreShare(1, 8, tmp_path, cores=2)
+    looking = os.open(b.path, os.O_RDONLY)
+    try:
+        fcntl.flock(looking, fcntl.LOCK_SH)  # a counts the busy ones at the moment b's request arrives
+        with b.busy():
+            fcntl.flock(looking, fcntl.LOCK_UN)
+            assert a.busy_others() == 0  # b missed its lock: unseen for now
+            with b.busy():  # b's next request, the first still in flight
+                assert a.busy_others() == 1
+        assert a.busy_others() == 0
+    finally:
+        os.close(looking)
+        a.close()
+        b.close()
+
+
 def test_forwards_of_one_process_share_its_cores(tmp_path):
     a = CoreShare(1, 8, tmp_path, cores=2)
     try:
