@@ -68,13 +68,12 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
     "haproxy-one-thread": ("+ HAProxy on one thread", {}, {"RAY_SERVE_HAPROXY_NBTHREAD": "1"}, {}),
 }
 CUMULATIVE_FROM = "fused-haproxy"
-STANDALONE = ("split-python", "fused-python", "fused-haproxy", "ray-idle-defaults")
-IDLE_S = 10.0
+STANDALONE = ("split-python", "fused-python", "ray-idle-defaults")
 
 
 def configuration(name: str) -> tuple[dict, dict, dict]:
     """(app args, environment, logging changes) of lever ``name``, with the levers before it."""
-    order = [lever for lever in LEVERS if lever not in STANDALONE or lever == CUMULATIVE_FROM]
+    order = [lever for lever in LEVERS if lever not in STANDALONE]
     chain = order[order.index(CUMULATIVE_FROM) : order.index(name) + 1] if name in order else [name]
     app, env, logging_changes = {}, {}, {}
     for lever in chain:
@@ -98,7 +97,7 @@ def measure_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     service = LocalService(repository, [args.model, null], None, app, logging_changes)
     images = make_images((256, 256), seed=0, synthetic=8)
     roles = proc_cpu.Roles(outside_by_name=False)
-    idle = proc_cpu.idle_ms_per_s(roles, IDLE_S)  # the session's fixed cost, before any request
+    idle = proc_cpu.idle_ms_per_s(roles)  # the session's fixed cost, before any request
     points = [
         closed_loop.PointSpec(p, m, args.concurrency) for m in (null, args.model) for p in args.protocols
     ]

@@ -130,15 +130,25 @@ def per_second_ms(spent: dict[str, float], seconds: float) -> dict[str, float]:
     return {name: round(1000 * s / seconds, 1) for name, s in spent.items()} if seconds > 0 else {}
 
 
-def idle_ms_per_s(roles: Roles, seconds: float) -> dict[str, float]:
+IDLE_S = 10.0
+OUTSIDE = ("load generator", "other")
+"""Roles that are not the system under test: the benchmark's client, processes outside the run."""
+
+
+def idle_ms_per_s(roles: Roles, seconds: float = IDLE_S) -> dict[str, float]:
     """CPU ms per second each role spends over ``seconds`` of this machine without load."""
     before = snapshot(roles)
     time.sleep(seconds)
     return per_second_ms(cpu_by_role(before, snapshot(roles)), seconds)
 
 
+def of_service(per_role: dict[str, float]) -> dict[str, float]:
+    """The roles of the system under test (every role but ``OUTSIDE``)."""
+    return {r: ms for r, ms in per_role.items() if r not in OUTSIDE}
+
+
 def service_ms(per_request: dict[str, float]) -> float | None:
     """CPU ms per request of the system under test: every role but the load generator and ``other``."""
     if not per_request:
         return None
-    return sum(ms for r, ms in per_request.items() if r not in ("load generator", "other"))
+    return sum(of_service(per_request).values())

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loadtests import large, plots, report_peers
+from loadtests import large, plots, proc_cpu, report_peers
 from loadtests import report_sections as sections
 from loadtests.common import fmt, md_table
 from loadtests.comparison import comparison
@@ -104,7 +104,7 @@ def idle_section(idle: dict[str, float] | None) -> list[str]:
     """Our service's CPU with no load, by process role (its fixed cost on the machine's cores)."""
     if not idle:
         return []
-    mine = {r: ms for r, ms in idle.items() if r not in ("load generator", "other")}
+    mine = proc_cpu.of_service(idle)
     rows = [[r, fmt(ms)] for r, ms in mine.items()] + [["all", fmt(sum(mine.values()))]]
     return [
         "",

@@ -52,7 +52,7 @@ def run_served(
         for c in args.concurrency
     ]
     # What the service costs with nothing to do (Ray's processes, health checks, metrics), before load.
-    idle_s = 2.0 if args.quick else IDLE_S
+    idle_s = 2.0 if args.quick else proc_cpu.IDLE_S
     log(f"idle CPU of the service over {idle_s:g} s ...")
     idle = proc_cpu.idle_ms_per_s(roles, idle_s)
     before = _scrape(ours.metrics_url)
@@ -78,8 +78,6 @@ def run_served(
         )
     return out
 
-
-IDLE_S = 10.0
 
 # A large picture on a CPU takes tens of seconds: the app's deadline is raised to just below the HTTP
 # proxy's own request timeout (http_options.request_timeout_s, 60 s in deploy/serve_config.yaml).

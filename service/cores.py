@@ -77,7 +77,11 @@ class CoreShare:
     """One per replica process: ``busy()`` around each request, ``run(fn, ...)`` for each forward."""
 
     def __init__(
-        self, own_threads: int, max_threads: int, folder: Path | None = None, cores: int | None = None
+        self,
+        own_threads: int,
+        max_threads: int = MAX_THREADS,
+        folder: Path | None = None,
+        cores: int | None = None,
     ) -> None:
         self.min_forward_ms = MIN_FORWARD_MS
         self.own = own_threads
@@ -93,7 +97,9 @@ class CoreShare:
         self._lock = threading.Lock()  # forwards of several models may start at once in one process
 
     @classmethod
-    def open(cls, own_threads: int, max_threads: int, folder: Path | None = None) -> CoreShare | None:
+    def open(
+        cls, own_threads: int, max_threads: int = MAX_THREADS, folder: Path | None = None
+    ) -> CoreShare | None:
         """A share in ``folder`` (default: ``default_folder()``); None (no borrowing, each replica on
         its own threads) when the folder cannot be used."""
         try:
@@ -143,8 +149,6 @@ class CoreShare:
                 self._forwards -= 1
 
     def threads_now(self, running_here: int = 1) -> int:
-        if self.most <= self.own:
-            return self.own
         return threads_for(self.cores, running_here + self.busy_others(), self.own, self.most)
 
     def busy_others(self) -> int:

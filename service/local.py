@@ -47,8 +47,8 @@ LOCAL_ONLY_ENV: dict[str, str] = {
     # out (measured: one idle httpx connection held the drain 30 s); with a spread time it closes idle
     # ones within it (measured: 1.0 s). Busy connections are unaffected: they finish.
     "RAY_SERVE_HAPROXY_CLOSE_SPREAD_TIME_S": "1",
-    # What an idle session costs, on cores it shares with the replicas (measured idle, 20 s, all
-    # processes: 201 -> 150 ms of CPU per second with both; docs/benchmark.md, "Levers"). Ray keeps
+    # What an idle session costs, on cores it shares with the replicas (loadtests/levers.py, 10 s idle,
+    # all processes: 199 -> 139 ms of CPU per second with both; docs/benchmark.md, "Levers"). Ray keeps
     # workers prestarted for tasks (two idle ones here, ~13 ms/s each); Serve runs only actors, so
     # none is kept. Serve's controller steps every 0.1 s (42 ms/s); every 0.5 s it still reacts to a
     # dead replica or a scaling decision well within their own periods (health checks every 10 s,

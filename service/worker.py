@@ -58,15 +58,10 @@ class ModelWorker:
         self.metrics.update(self.runner)
 
     async def segment(self, prepared: PreparedImage) -> Segmentation:
-        with self._busy():
-            if prepared.tiled:
-                # A large image: its tiles go through the same batcher, a few at a time
-                # (tile.tiles_per_request).
-                return await TiledRequest(self.spec, self.runner, prepared, self.metrics).run(self._submit)
-            return await self._submit(prepared)
-
-    def _busy(self):
-        return self.cores.busy() if self.cores is not None else contextlib.nullcontext()
+        if prepared.tiled:
+            # A large image: its tiles go through the same batcher, a few at a time (tile.tiles_per_request).
+            return await TiledRequest(self.spec, self.runner, prepared, self.metrics).run(self._submit)
+        return await self._submit(prepared)
 
     async def _submit(self, item: Any) -> Any:
         return await self.batcher.submit((item, time.perf_counter()))
@@ -82,7 +77,8 @@ class ModelWorker:
             raise Overloaded(f"model {self.spec.name!r} is at capacity; retry after a short wait")
         self.admitted += 1
         try:
-            with self._busy():  # decoding and encoding too: this replica's cores are in use
+            # The whole request, decoding and encoding too, marks this replica's cores as in use.
+            with self.cores.busy() if self.cores is not None else contextlib.nullcontext():
                 prepared = await asyncio.to_thread(self.codec.prepare, body, content_type, options, self.spec)
                 segmentation = await self.segment(prepared)
                 return await asyncio.to_thread(self.codec.encode, segmentation, self.spec)

@@ -17,7 +17,7 @@ from service.api.http import SegmentFirst, build_http_app
 from service.api.oip import grpc as oip_grpc
 from service.api.oip import http as oip_http
 from service.config import AppSettings, Repository
-from service.cores import MAX_THREADS, CoreShare
+from service.cores import CoreShare
 from service.deployments.split import SplitModels
 from service.models.inference import configure_threads
 from service.worker import LocalModels
@@ -37,7 +37,7 @@ class Ingress:
         if segmenters is None:  # fused: the models live here
             threads = configure_threads(settings.ingress.threads)
             # Every replica marks itself busy for the others; models with borrow_idle_cores borrow.
-            cores = CoreShare.open(threads, MAX_THREADS)
+            cores = CoreShare.open(threads)
             specs = {n: repository.get(n) for n in names}
             weights = {n: repository.weights_path(s) if s.weights else None for n, s in specs.items()}
             self.local: LocalModels | None = LocalModels.load(specs, weights, settings.limits, cores)

@@ -41,6 +41,11 @@ def test_health_and_models(service, repository):
         assert c.get("/healthz").json() == {"status": "ok"}
         ready = c.get("/readyz")
         assert ready.status_code == 200 and ready.json()["models"][0]["model"] == MODEL
+        # Which models borrow idle cores: none that does not ask (deployment.borrow_idle_cores off).
+        borrows = {m["model"]: m["borrows_idle_cores"] for m in ready.json()["models"]}
+        assert set(borrows) == set(repository.names())
+        unasked = [n for n in borrows if not repository.get(n).deployment.borrow_idle_cores]
+        assert unasked and not any(borrows[n] for n in unasked), borrows
         models = c.get("/v1/models").json()["models"]
         assert [m["name"] for m in models] == sorted(repository.names())
         info = c.get(f"/v1/models/{MODEL}").json()
