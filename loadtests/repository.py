@@ -20,8 +20,11 @@ import yaml
 NULL_MODEL = "null"
 
 
-def null_entry(reference: dict[str, Any], name: str = NULL_MODEL) -> dict[str, Any]:
-    """A null model with the reference model's classes, input policy, batching and deployment."""
+def null_entry(
+    reference: dict[str, Any], name: str = NULL_MODEL, device_ms_per_image: float = 0.0
+) -> dict[str, Any]:
+    """A null model with the reference model's classes, input policy, batching and deployment;
+    ``device_ms_per_image`` > 0 makes its forward wait that long per image (an accelerator's time)."""
     entry: dict[str, Any] = {
         "name": name,
         "task": "semantic",
@@ -32,6 +35,9 @@ def null_entry(reference: dict[str, Any], name: str = NULL_MODEL) -> dict[str, A
             {k: copy.deepcopy(v) for k, v in c.items() if k != "isthing"} for c in reference["classes"]
         ],
     }
+    if device_ms_per_image:
+        entry["arguments"] = {"device_ms_per_image": device_ms_per_image}
+        entry["description"] = f"Benchmark null model: waits {device_ms_per_image:g} ms per image."
     for key in ("input", "batching", "deployment"):
         if key in reference:
             entry[key] = copy.deepcopy(reference[key])

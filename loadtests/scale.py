@@ -9,6 +9,11 @@
 worker node, as on a GPU cluster. For each replica count the app is
 redeployed and a closed loop measures requests/s at one concurrency. On a machine with fewer cores than
 worker nodes, throughput grows with replicas until the cores are full, then stays: the table says where.
+
+Three models: the null model (the request path alone), ``null-device`` (the null model waiting
+``--device-ms`` per image without computing, as a replica waits on its GPU: each replica bounds it to
+1000 / ms images/s, so it shows replicas adding capacity until the cores running the request path
+are full) and ``--model`` (the CPU does the model's work too).
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+DEVICE_NULL = "null-device"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--duration-s", type=float, default=12.0)
     p.add_argument("--warmup-s", type=float, default=4.0)
+    p.add_argument("--device-ms", type=float, default=20.0, help="null-device's wait per image")
     args = p.parse_args(argv)
     counts = [int(x) for x in args.replicas.split(",")]
     if max(counts) > args.nodes:
@@ -45,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from loadtests.common import DEFAULT_REPOSITORY
     from loadtests.images import make_images
     from loadtests.local_service import wait_ready
-    from loadtests.repository import write_repository
+    from loadtests.repository import null_entry, write_repository
     from service.app import build_app
     from service.local import free_port, local_ray_env
 
@@ -60,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     tmp = ROOT / "loadtests" / "results" / "tmp" / f"scale-{os.getpid()}"
     repository, null = write_repository(DEFAULT_REPOSITORY, [args.model], True, tmp)
+    written = yaml.safe_load(repository.read_text())
+    reference = next(e for e in written["models"] if e["name"] == null)
+    written["models"].append(null_entry(reference, DEVICE_NULL, args.device_ms))
+    repository.write_text(yaml.safe_dump(written, sort_keys=False))
+    models = [null, DEVICE_NULL, args.model]
     images = make_images((256, 256), seed=0, synthetic=8)
     port = free_port()
     rows = []
@@ -71,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             app = build_app({"repository": str(repository), "topology": "fused", "ingress": ingress})
             serve.run(app, name="scale", route_prefix="/")
             wait_ready(url)
-            points = [closed_loop.PointSpec("http", m, args.concurrency) for m in (null, args.model)]
+            points = [closed_loop.PointSpec("http", m, args.concurrency) for m in models]
             measured = closed_loop.measure(
                 points, images, url=url, warmup_s=args.warmup_s, duration_s=args.duration_s, timeout_s=60
             )
@@ -85,10 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
-    print(f"\n| ingress replicas (one per worker node) | null req/s | {args.model} req/s |\n|---:|---:|---:|")
-    for n, null_rps, model_rps in rows:
-        print(f"| {n} | {null_rps:.1f} | {model_rps:.1f} |")
-    print(f"\n{os.cpu_count()} cores on this machine; c={args.concurrency}, {args.duration_s:g} s per point.")
+    print("\n| ingress replicas (one per worker node) | " + " | ".join(f"{m} req/s" for m in models) + " |")
+    print("|---:|" + "---:|" * len(models))
+    for n, *rps in rows:
+        print(f"| {n} | " + " | ".join(f"{r:.1f}" for r in rps) + " |")
+    print(
+        f"\n{os.cpu_count()} cores on this machine; c={args.concurrency}, {args.duration_s:g} s per point; "
+        f"{DEVICE_NULL} waits {args.device_ms:g} ms per image "
+        f"({1000 / args.device_ms:.0f} images/s per replica)."
+    )
     return 0
 
 

@@ -25,7 +25,7 @@ from loadtests import bench, bench_args, closed_loop, promparse, raw, raw_phase,
 from loadtests.checks import check_grpc_answer, check_http_answer, check_mask_png, check_png_answer
 from loadtests.common import DEFAULT_REPOSITORY, parse_int_list, parse_size, parse_weighted, servable_models
 from loadtests.images import TestImage, Workload, make_images
-from loadtests.repository import write_repository
+from loadtests.repository import null_entry, write_repository
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from service.generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from service.imaging.encode import encode_label_png
@@ -176,6 +176,32 @@ def test_write_repository_adds_a_null_model(tmp_path):
     for spec in repository.models:
         if spec.weights:
             assert repository.weights_path(spec).is_file()  # inside the temporary root
+
+
+def test_null_model_waiting_per_image_stands_in_for_a_device(tmp_path):
+    """``null-device`` (loadtests/scale.py): the null model's answer, after a wait per image of the batch."""
+    import torch
+    import yaml
+
+    from service.config import load_repository
+    from service.models.registry import build_model
+
+    path, null_name = write_repository(DEFAULT_REPOSITORY, [], True, tmp_path / "r")
+    written = yaml.safe_load(path.read_text())
+    reference = written["models"][-1]
+    written["models"].append(null_entry(reference, "null-device", device_ms_per_image=40))
+    path.write_text(yaml.safe_dump(written))
+    repository = load_repository(path)
+    waiting, plain = build_model(repository.get("null-device")), build_model(repository.get(null_name))
+    x = torch.rand(3, 3, 32, 32)
+    start = time.perf_counter()
+    out = waiting(x)
+    assert time.perf_counter() - start >= 3 * 0.040  # sleep never returns early: this cannot flake
+    assert torch.equal(out, plain(x))
+    with pytest.raises(ValueError, match="device_ms_per_image"):
+        build_model(
+            repository.get("null-device").model_copy(update={"arguments": {"device_ms_per_image": -1}})
+        )
 
 
 def test_raw_in_process(tmp_path, images):
