@@ -11,7 +11,8 @@ and unet-shapes, and measures a closed loop at one concurrency over HTTP (the la
 gRPC with the CPU each process spent (``proc_cpu``), after 10 s without load that measure the session's
 idle CPU. The levers after ``fused-haproxy`` (the shipped configuration) add to it in the order listed;
 the first two show where we came from, and ``ray-idle-defaults`` is the shipped one with Ray's own
-defaults for the two idle switches of ``service.local.LOCAL_ONLY_ENV``.
+defaults for the two idle switches of ``service.local.LOCAL_ONLY_ENV``, ``no-borrowing`` the shipped one
+with no model borrowing idle cores (``deployment.borrow_idle_cores``, ``service/cores.py``).
 """
 
 from __future__ import annotations
@@ -66,9 +67,12 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
         {},
     ),
     "haproxy-one-thread": ("+ HAProxy on one thread", {}, {"RAY_SERVE_HAPROXY_NBTHREAD": "1"}, {}),
+    "no-borrowing": ("shipped, with no model borrowing idle cores (borrow_idle_cores: false)", {}, {}, {}),
 }
 CUMULATIVE_FROM = "fused-haproxy"
-STANDALONE = ("split-python", "fused-python", "ray-idle-defaults")
+STANDALONE = ("split-python", "fused-python", "ray-idle-defaults", "no-borrowing")
+# Levers that change the models' repository entries: lever -> keys set in every entry's ``deployment``.
+DEPLOYMENT_CHANGES: dict[str, dict[str, Any]] = {"no-borrowing": {"borrow_idle_cores": False}}
 
 
 def configuration(name: str) -> tuple[dict, dict, dict]:
@@ -88,12 +92,14 @@ def measure_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from loadtests.common import DEFAULT_REPOSITORY
     from loadtests.images import make_images
     from loadtests.local_service import LocalService
-    from loadtests.repository import write_repository
+    from loadtests.repository import edit_repository, write_repository
 
     app, env, logging_changes = configuration(name)
     os.environ.update(env)  # before Ray starts: every Ray process inherits it
     tmp = ROOT / "loadtests" / "results" / "tmp" / f"levers-{os.getpid()}"
     repository, null = write_repository(DEFAULT_REPOSITORY, [args.model], True, tmp)
+    if name in DEPLOYMENT_CHANGES:
+        edit_repository(repository, lambda entries: _change_deployments(entries, DEPLOYMENT_CHANGES[name]))
     service = LocalService(repository, [args.model, null], None, app, logging_changes)
     images = make_images((256, 256), seed=0, synthetic=8)
     roles = proc_cpu.Roles(outside_by_name=False)
@@ -131,6 +137,11 @@ def measure_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for r in rows
         ],
     }
+
+
+def _change_deployments(entries: list[dict[str, Any]], changes: dict[str, Any]) -> None:
+    for entry in entries:
+        entry["deployment"] = {**entry.get("deployment", {}), **changes}
 
 
 def table(results: list[dict[str, Any]], model: str, protocols: list[str]) -> list[str]:

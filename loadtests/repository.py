@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,10 @@ def write_repository(
     path = folder / "repository.yaml"
     path.write_text(yaml.safe_dump({"models": chosen}, sort_keys=False))
     return path, null_name
+
+
+def edit_repository(path: Path, edit: Callable[[list[dict[str, Any]]], None]) -> None:
+    """Rewrite the repository file at ``path`` after ``edit`` changed its list of entries in place."""
+    written = yaml.safe_load(path.read_text())
+    edit(written["models"])
+    path.write_text(yaml.safe_dump(written, sort_keys=False))

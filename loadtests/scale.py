@@ -23,8 +23,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -55,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from loadtests.common import DEFAULT_REPOSITORY
     from loadtests.images import make_images
     from loadtests.local_service import wait_ready
-    from loadtests.repository import null_entry, write_repository
+    from loadtests.repository import edit_repository, null_entry, write_repository
     from service.app import build_app
     from service.local import free_port, local_ray_env
 
@@ -70,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     tmp = ROOT / "loadtests" / "results" / "tmp" / f"scale-{os.getpid()}"
     repository, null = write_repository(DEFAULT_REPOSITORY, [args.model], True, tmp)
-    written = yaml.safe_load(repository.read_text())
-    reference = next(e for e in written["models"] if e["name"] == null)
-    written["models"].append(null_entry(reference, DEVICE_NULL, args.device_ms))
-    repository.write_text(yaml.safe_dump(written, sort_keys=False))
+    edit_repository(
+        repository,
+        lambda entries: entries.append(
+            null_entry(next(e for e in entries if e["name"] == null), DEVICE_NULL, args.device_ms)
+        ),
+    )
     models = [null, DEVICE_NULL, args.model]
     images = make_images((256, 256), seed=0, synthetic=8)
     port = free_port()

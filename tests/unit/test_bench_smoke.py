@@ -412,3 +412,22 @@ def test_results_keep_the_idle_cpu_the_served_phase_measured():
     assert results["idle_cpu_ms_per_s"] == measured["idle_cpu_ms_per_s"]
     section = "\n".join(report.idle_section(results["idle_cpu_ms_per_s"]))
     assert "| Ingress | 12.5 |" in section and "| all | 13.5 |" in section  # not the load generator
+
+
+def test_levers_configurations_and_the_no_borrowing_repository(tmp_path):
+    from loadtests import levers
+    from loadtests.repository import edit_repository
+    from service.config import load_repository
+
+    assert levers.configuration("fused-haproxy") == ({}, {}, {})  # the shipped configuration
+    _, env, _ = levers.configuration("haproxy-one-thread")  # cumulative: every lever from the shipped one
+    assert (
+        env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0" and env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
+    )
+    _, env, _ = levers.configuration("no-borrowing")  # standalone: the shipped one, nothing added
+    assert env == {}
+    path, _ = write_repository(DEFAULT_REPOSITORY, ["unet-shapes"], True, tmp_path / "r")
+    assert load_repository(path).get("unet-shapes").deployment.borrow_idle_cores  # shipped: borrows
+    changes = levers.DEPLOYMENT_CHANGES["no-borrowing"]
+    edit_repository(path, lambda entries: levers._change_deployments(entries, changes))
+    assert not any(spec.deployment.borrow_idle_cores for spec in load_repository(path).models)
