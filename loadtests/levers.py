@@ -12,7 +12,10 @@ gRPC with the CPU each process spent (``proc_cpu``), after 10 s without load tha
 idle CPU. The levers after ``fused-haproxy`` (the shipped configuration) add to it in the order listed;
 the first two show where we came from, and ``ray-idle-defaults`` is the shipped one with Ray's own
 defaults for the two idle switches of ``service.local.LOCAL_ONLY_ENV``, ``no-borrowing`` the shipped one
-with no model borrowing idle cores (``deployment.borrow_idle_cores``, ``service/cores.py``).
+with no model borrowing idle cores (``deployment.borrow_idle_cores``, ``service/cores.py``),
+``throughput-optimized`` the shipped one with everything ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` switches,
+and the ``split-*`` levers the GPU layout's path (its three handle calls per request) with Ray Serve's
+switches for handle calls.
 """
 
 from __future__ import annotations
@@ -68,9 +71,43 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
     ),
     "haproxy-one-thread": ("+ HAProxy on one thread", {}, {"RAY_SERVE_HAPROXY_NBTHREAD": "1"}, {}),
     "no-borrowing": ("shipped, with no model borrowing idle cores (borrow_idle_cores: false)", {}, {}, {}),
+    "throughput-optimized": (
+        "shipped, with everything RAY_SERVE_THROUGHPUT_OPTIMIZED=1 switches",
+        {},
+        {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+        {},
+    ),
+    # The GPU layout (split topology) behind HAProxy, and its handle calls' two switches.
+    "split-haproxy": (
+        "split topology (the GPU layout), HAProxy and direct ingress; handle calls of <= 2 MiB by value",
+        {"topology": "split"},
+        {},
+        {},
+    ),
+    "split-grpc-handles": (
+        "split topology, every handle call over gRPC (RAY_SERVE_USE_GRPC_BY_DEFAULT=1, 64 MiB messages)",
+        {"topology": "split"},
+        {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(64 << 20)},
+        {},
+    ),
+    "split-router-on-loop": (
+        "split topology, the handles' router on the replica's event loop",
+        {"topology": "split"},
+        {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"},
+        {},
+    ),
 }
 CUMULATIVE_FROM = "fused-haproxy"
-STANDALONE = ("split-python", "fused-python", "ray-idle-defaults", "no-borrowing")
+STANDALONE = (
+    "split-python",
+    "fused-python",
+    "ray-idle-defaults",
+    "no-borrowing",
+    "throughput-optimized",
+    "split-haproxy",
+    "split-grpc-handles",
+    "split-router-on-loop",
+)
 # Levers that change the models' repository entries: lever -> keys set in every entry's ``deployment``.
 DEPLOYMENT_CHANGES: dict[str, dict[str, Any]] = {"no-borrowing": {"borrow_idle_cores": False}}
 
