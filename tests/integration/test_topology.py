@@ -55,6 +55,25 @@ def test_both_topologies_answer_the_direct_model_call_over_http(service, split_a
             np.testing.assert_array_equal(mask_of(r), expected)
 
 
+def test_a_body_too_large_to_go_by_value_takes_the_object_store_and_gets_the_same_answer(
+    service, split_app, repository
+):
+    """The split topology sends small arguments over Ray Serve's gRPC transport and larger ones by
+    reference (``BY_VALUE_MAX_BYTES``): a noisy 900 x 900 PNG (~2.4 MB) takes the second way."""
+    from service.deployments.split import BY_VALUE_MAX_BYTES
+
+    noise = np.random.default_rng(3).integers(0, 256, (900, 900, 3), dtype=np.uint8)
+    body = png_bytes(noise)
+    assert len(body) > BY_VALUE_MAX_BYTES
+    expected = direct_labels(repository, MODEL, body)
+    with service.http() as client:
+        r = client.post(
+            f"{split_app}/v1/models/{MODEL}/segment", content=body, headers={"content-type": "image/png"}
+        )
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(mask_of(r), expected)
+
+
 def test_both_topologies_answer_the_direct_model_call_over_grpc(service, split_app, repository):
     body = png_bytes(make_sample(13, (100, 90)).image)
     expected = direct_labels(repository, MODEL, body)
