@@ -85,9 +85,9 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
         {},
     ),
     "split-grpc-handles": (
-        "split topology, every handle call over gRPC (RAY_SERVE_USE_GRPC_BY_DEFAULT=1, 64 MiB messages)",
+        "split topology, every handle call over gRPC (RAY_SERVE_USE_GRPC_BY_DEFAULT=1)",
         {"topology": "split"},
-        {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(64 << 20)},
+        {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"},
         {},
     ),
     "split-router-on-loop": (

@@ -32,6 +32,12 @@ RAY_SERVE_ENV: dict[str, str] = {
     # Replica log lines go to their files only, not also to stderr (where each line was flushed and
     # then copied again by Ray's log monitor).
     "RAY_SERVE_LOG_TO_STDERR": "0",
+    # The split topology's handle calls with small arguments go over Ray Serve's gRPC transport
+    # (service/deployments/split.py), whose replica servers and channels take messages of at most this
+    # (Ray: 4 MiB; with it, a small file with a large answer got a 500, tests/integration/test_topology.py).
+    # Answers can be large: a prepared picture at the pixel limit (40 MP x 3 bytes) or a segmentation at
+    # its original size (label, panoptic and overlay planes: up to ~9 bytes a pixel).
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(512 * 1024 * 1024),
 }
 
 

@@ -15,9 +15,10 @@ from service.types import ImageInput, SegmentOptions, SegmentResult, payload_byt
 # (``_by_reference=False``): the argument travels in the call, without an object-store put and get
 # and an actor task. Measured with loadtests/levers.py (split-haproxy against split-grpc-handles, two
 # pairs, 16 clients): 1.2-1.9x the requests/s and 16-47 % less CPU per request. Larger arguments
-# still go by reference: a replica's gRPC server takes messages up to 4 MiB
-# (``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH``), and a large picture's pixels are better left in
-# the object store than copied through the ingress.
+# still go by reference: a large picture's pixels are better left in the object store than copied
+# through the ingress. Answers come back the way their call went, so a small file that decodes to a
+# large picture comes back by value: ``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH`` (Ray: 4 MiB) is
+# raised to 512 MiB wherever the service runs (``service.local.RAY_SERVE_ENV``, the pods' env).
 BY_VALUE_MAX_BYTES = 2 << 20
 
 

@@ -74,6 +74,39 @@ def test_a_body_too_large_to_go_by_value_takes_the_object_store_and_gets_the_sam
     np.testing.assert_array_equal(mask_of(r), expected)
 
 
+def test_a_small_file_with_a_large_answer_comes_back_by_value(service, split_app, repository):
+    """A flat 3000 x 1500 PNG is a few kB: its calls go by value, and its label map (4.5 MB, above
+    Ray's 4 MiB default for gRPC messages between replicas) comes back that way too."""
+    from service.deployments.split import BY_VALUE_MAX_BYTES
+
+    body = png_bytes(np.full((1500, 3000, 3), 90, np.uint8))
+    assert len(body) < BY_VALUE_MAX_BYTES
+    expected = direct_labels(repository, MODEL, body)
+    with service.http() as client:
+        r = client.post(
+            f"{split_app}/v1/models/{MODEL}/segment", content=body, headers={"content-type": "image/png"}
+        )
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(mask_of(r), expected)
+
+
+def test_a_small_file_of_a_tiled_picture_gets_the_fused_topologys_answer(service, split_app):
+    """A flat 2100 x 2100 PNG (tiled: >= 2048 px) is prepared by value (13 MB of pixels come back to
+    the ingress), then segmented by reference; both topologies give the same label map."""
+    body = png_bytes(np.full((2100, 2100, 3), 200, np.uint8))
+    with service.http() as client:
+        answers = [
+            client.post(
+                f"{base}/v1/models/{MODEL}/segment", content=body, headers={"content-type": "image/png"}
+            )
+            for base in (service.url, split_app)
+        ]
+    assert [r.status_code for r in answers] == [200, 200], answers[-1].text
+    fused, split = (mask_of(r) for r in answers)
+    assert fused.shape == (2100, 2100)
+    np.testing.assert_array_equal(split, fused)
+
+
 def test_both_topologies_answer_the_direct_model_call_over_grpc(service, split_app, repository):
     body = png_bytes(make_sample(13, (100, 90)).image)
     expected = direct_labels(repository, MODEL, body)
