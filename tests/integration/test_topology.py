@@ -55,32 +55,26 @@ def test_both_topologies_answer_the_direct_model_call_over_http(service, split_a
             np.testing.assert_array_equal(mask_of(r), expected)
 
 
-def test_a_body_too_large_to_go_by_value_takes_the_object_store_and_gets_the_same_answer(
-    service, split_app, repository
+@pytest.mark.parametrize(
+    "picture, by_value",
+    [
+        # ~2.4 MB of noise: too large to go by value, it takes the object store.
+        (lambda: np.random.default_rng(3).integers(0, 256, (900, 900, 3), dtype=np.uint8), False),
+        # A few kB that decode to 4.5 MP: by value, and its 4.5 MB label map (above Ray's 4 MiB default
+        # for gRPC messages between replicas) comes back that way too.
+        (lambda: np.full((1500, 3000, 3), 90, np.uint8), True),
+    ],
+    ids=["large-body-by-reference", "small-body-large-answer-by-value"],
+)
+def test_both_transports_of_the_split_topology_answer_the_direct_model_call(
+    service, split_app, repository, picture, by_value
 ):
-    """The split topology sends small arguments over Ray Serve's gRPC transport and larger ones by
-    reference (``BY_VALUE_MAX_BYTES``): a noisy 900 x 900 PNG (~2.4 MB) takes the second way."""
+    """The split topology sends arguments of at most ``BY_VALUE_MAX_BYTES`` over Ray Serve's gRPC
+    transport and larger ones by reference (service/deployments/split.py)."""
     from service.deployments.split import BY_VALUE_MAX_BYTES
 
-    noise = np.random.default_rng(3).integers(0, 256, (900, 900, 3), dtype=np.uint8)
-    body = png_bytes(noise)
-    assert len(body) > BY_VALUE_MAX_BYTES
-    expected = direct_labels(repository, MODEL, body)
-    with service.http() as client:
-        r = client.post(
-            f"{split_app}/v1/models/{MODEL}/segment", content=body, headers={"content-type": "image/png"}
-        )
-    assert r.status_code == 200, r.text
-    np.testing.assert_array_equal(mask_of(r), expected)
-
-
-def test_a_small_file_with_a_large_answer_comes_back_by_value(service, split_app, repository):
-    """A flat 3000 x 1500 PNG is a few kB: its calls go by value, and its label map (4.5 MB, above
-    Ray's 4 MiB default for gRPC messages between replicas) comes back that way too."""
-    from service.deployments.split import BY_VALUE_MAX_BYTES
-
-    body = png_bytes(np.full((1500, 3000, 3), 90, np.uint8))
-    assert len(body) < BY_VALUE_MAX_BYTES
+    body = png_bytes(picture())
+    assert (len(body) <= BY_VALUE_MAX_BYTES) == by_value
     expected = direct_labels(repository, MODEL, body)
     with service.http() as client:
         r = client.post(
