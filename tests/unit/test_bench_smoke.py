@@ -25,7 +25,7 @@ from loadtests import bench, bench_args, closed_loop, promparse, raw, raw_phase,
 from loadtests.checks import check_grpc_answer, check_http_answer, check_mask_png, check_png_answer
 from loadtests.common import DEFAULT_REPOSITORY, parse_int_list, parse_size, parse_weighted, servable_models
 from loadtests.images import TestImage, Workload, make_images
-from loadtests.repository import null_entry, write_repository
+from loadtests.repository import edit_repository, null_entry, write_repository
 from service.generated.segmentation.v1 import segmentation_pb2 as pb
 from service.generated.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from service.imaging.encode import encode_label_png
@@ -181,16 +181,12 @@ def test_write_repository_adds_a_null_model(tmp_path):
 def test_null_model_waiting_per_image_stands_in_for_a_device(tmp_path):
     """``null-device`` (loadtests/scale.py): the null model's answer, after a wait per image of the batch."""
     import torch
-    import yaml
 
     from service.config import load_repository
     from service.models.registry import build_model
 
     path, null_name = write_repository(DEFAULT_REPOSITORY, [], True, tmp_path / "r")
-    written = yaml.safe_load(path.read_text())
-    reference = written["models"][-1]
-    written["models"].append(null_entry(reference, "null-device", device_ms_per_image=40))
-    path.write_text(yaml.safe_dump(written))
+    edit_repository(path, lambda entries: entries.append(null_entry(entries[-1], "null-device", 40)))
     repository = load_repository(path)
     waiting, plain = build_model(repository.get("null-device")), build_model(repository.get(null_name))
     x = torch.rand(3, 3, 32, 32)
@@ -416,7 +412,6 @@ def test_results_keep_the_idle_cpu_the_served_phase_measured():
 
 def test_levers_configurations_and_the_no_borrowing_repository(tmp_path):
     from loadtests import levers
-    from loadtests.repository import edit_repository
     from service.config import load_repository
 
     assert levers.configuration("fused-haproxy") == ({}, {}, {})  # the shipped configuration
