@@ -14,8 +14,8 @@ the first two show where we came from, and ``ray-idle-defaults`` is the shipped 
 defaults for the two idle switches of ``service.local.LOCAL_ONLY_ENV``, ``no-borrowing`` the shipped one
 with no model borrowing idle cores (``deployment.borrow_idle_cores``, ``service/cores.py``),
 ``throughput-optimized`` the shipped one with everything ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` switches,
-and the ``split-*`` levers the GPU layout's path (its three handle calls per request) with Ray Serve's
-switches for handle calls.
+``one-replica*`` the shipped one with one ingress replica instead of two, and the ``split-*`` levers the
+GPU layout's path (its three handle calls per request) with Ray Serve's switches for handle calls.
 """
 
 from __future__ import annotations
@@ -96,6 +96,19 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
         {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"},
         {},
     ),
+    # CPU layout: one ingress replica running the models instead of the shipped two.
+    "one-replica": (
+        "shipped, one ingress replica (one torch thread), no model borrowing idle cores",
+        {"ingress": {"num_replicas": 1, "num_cpus": 1, "torch_threads": 1}},
+        {},
+        {},
+    ),
+    "one-replica-borrowing": (
+        "shipped, one ingress replica, its forwards borrowing the idle core",
+        {"ingress": {"num_replicas": 1, "num_cpus": 1, "torch_threads": 1}},
+        {},
+        {},
+    ),
 }
 CUMULATIVE_FROM = "fused-haproxy"
 STANDALONE = (
@@ -107,9 +120,14 @@ STANDALONE = (
     "split-haproxy",
     "split-grpc-handles",
     "split-router-on-loop",
+    "one-replica",
+    "one-replica-borrowing",
 )
 # Levers that change the models' repository entries: lever -> keys set in every entry's ``deployment``.
-DEPLOYMENT_CHANGES: dict[str, dict[str, Any]] = {"no-borrowing": {"borrow_idle_cores": False}}
+DEPLOYMENT_CHANGES: dict[str, dict[str, Any]] = {
+    "no-borrowing": {"borrow_idle_cores": False},
+    "one-replica": {"borrow_idle_cores": False},
+}
 
 
 def configuration(name: str) -> tuple[dict, dict, dict]:

@@ -412,7 +412,7 @@ def test_results_keep_the_idle_cpu_the_served_phase_measured():
 
 def test_levers_configurations_and_the_no_borrowing_repository(tmp_path):
     from loadtests import levers
-    from service.config import load_repository
+    from service.config import load_repository, parse_app_settings
 
     assert levers.configuration("fused-haproxy") == ({}, {}, {})  # the shipped configuration
     _, env, _ = levers.configuration("haproxy-one-thread")  # cumulative: every lever from the shipped one
@@ -426,3 +426,5 @@ def test_levers_configurations_and_the_no_borrowing_repository(tmp_path):
     changes = levers.DEPLOYMENT_CHANGES["no-borrowing"]
     edit_repository(path, lambda entries: levers._change_deployments(entries, changes))
     assert not any(spec.deployment.borrow_idle_cores for spec in load_repository(path).models)
+    app, env, _ = levers.configuration("one-replica")  # the shipped args with one ingress replica
+    assert env == {} and parse_app_settings(app).ingress.num_replicas == 1
