@@ -15,16 +15,12 @@ def restore(maps: torch.Tensor, geometry: Geometry, mode: str = "bilinear") -> t
     out = maps[:, : geometry.scaled[0], : geometry.scaled[1]]
     if geometry.scaled != geometry.original:
         kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        out = F.interpolate(out[None].contiguous(), size=geometry.original, mode=mode, **kwargs)[0]
+        out = F.interpolate(out[None], size=geometry.original, mode=mode, **kwargs)[0]
     return out
 
 
 # Why `.max(0).indices` and not `.argmax(0)`: on the CPU, torch's argmax over the leading (strided)
 # dimension of [C, H, W] is ~10x slower than max(dim=0), which returns the same first-maximum index.
-# Why `.contiguous()` before resizing: networks fed the NHWC batch (``Runner._to_device``) answer in
-# channels_last, and resizing that layout keeps it, so the reduction over classes then strides through
-# memory: on the CPU, interpolate + max of channels_last logits took 1.1-3.6x the time of a contiguous
-# copy's (4 and 21 classes, 128 and 256 px to twice the size, 1 and 2 threads).
 
 
 def restore_labels(logits: torch.Tensor, geometry: Geometry, rows_per_chunk: int = 1024) -> torch.Tensor:
@@ -38,11 +34,8 @@ def restore_labels(logits: torch.Tensor, geometry: Geometry, rows_per_chunk: int
     if geometry.scaled == geometry.original:
         return crop.max(0).indices
     if h <= rows_per_chunk:
-        full = F.interpolate(
-            crop[None].float().contiguous(), size=(h, w), mode="bilinear", align_corners=False
-        )[0]
+        full = F.interpolate(crop[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
         return full.max(0).indices
-    crop = crop.float().contiguous()  # once for all strips
     sh = geometry.scaled[0]
     scale = sh / h
     labels = torch.empty((h, w), dtype=torch.int64, device=logits.device)
