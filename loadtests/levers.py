@@ -36,6 +36,8 @@ if str(ROOT) not in sys.path:
 # name -> (description, app args, environment, Serve logging config changes); later levers include the
 # earlier ones from "fused-haproxy" on (the shipped configuration is "fused-haproxy").
 PYTHON_PROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+# App args replace the shipped ``ingress`` section whole, so it is written out: one replica, one CPU.
+ONE_INGRESS_REPLICA = {"ingress": {"num_replicas": 1, "num_cpus": 1, "torch_threads": 1}}
 LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
     "split-python": (
         "split topology (ingress -> codec -> segmenter -> codec), Ray's Python proxies",
@@ -99,13 +101,13 @@ LEVERS: dict[str, tuple[str, dict, dict, dict]] = {
     # CPU layout: one ingress replica running the models instead of the shipped two.
     "one-replica": (
         "shipped, one ingress replica (one torch thread), no model borrowing idle cores",
-        {"ingress": {"num_replicas": 1, "num_cpus": 1, "torch_threads": 1}},
+        ONE_INGRESS_REPLICA,
         {},
         {},
     ),
     "one-replica-borrowing": (
         "shipped, one ingress replica, its forwards borrowing the idle core",
-        {"ingress": {"num_replicas": 1, "num_cpus": 1, "torch_threads": 1}},
+        ONE_INGRESS_REPLICA,
         {},
         {},
     ),
